@@ -1,0 +1,240 @@
+"""Llama3: token embedding, a stack of decoder layers, a final RMSNorm and the output head."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama3.attention import build_attention_mask
+from llama3.config import ModelArgs
+from llama3.decoder import DecoderLayer
+from llama3.kv_cache import KV_Cache
+from llama3.norm import RMSNorm
+from llama3.rope import RoPE
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # (B, T, vocab_size), or (B, logits_to_keep, vocab_size)
+    loss: torch.Tensor | None = None  # mean cross-entropy of next-token prediction, when labels are given
+
+
+class Llama3(nn.Module):
+    """The Llama 3 decoder-only language model (Grattafiori et al., 2024, "The Llama 3 Herd of Models")."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.d_model)
+        self.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)
+        self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_layers))
+        self.norm = RMSNorm(args.d_model, eps=args.norm_eps)
+        self.output = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: the projections that write into the residual stream shrink with depth.
+        for name, param in self.named_parameters():
+            if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * args.num_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, tgt: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, *, kv_caches: list[KV_Cache] | None = None, start_pos: int = 0,
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> CausalLMOutput:
+        """tgt (B, T) token ids -> logits (B, T, vocab) and, given labels, the loss.
+
+        attention_mask (B, S): 1 for real tokens, 0 for padding; S = start_pos + T covers the cached positions
+        too. Positions are counted from each row's first real token, so a left-padded row gets the same logits
+        as the row alone. labels (B, T) follow transformers: the shift happens here, -100 and padding are
+        ignored. kv_caches (one per layer) turn on cached decoding from start_pos. logits_to_keep > 0 computes
+        the head for the last positions only (generation needs one).
+        """
+        if tgt.dim() != 2:
+            raise ValueError(f"tgt must be a (batch, seq) tensor of token ids, got shape {tuple(tgt.shape)}.")
+        batch, seq = tgt.shape
+        end = start_pos + seq
+        if end > self.args.max_seq_len:
+            raise ValueError(
+                f"Sequence of {end} positions is longer than max_seq_len={self.args.max_seq_len}: truncate the "
+                f"input or build the model with a larger max_seq_len."
+            )
+        if attention_mask is not None:
+            if attention_mask.shape != (batch, end):
+                raise ValueError(
+                    f"attention_mask must have shape (batch, start_pos + seq) = {(batch, end)}, "
+                    f"got {tuple(attention_mask.shape)}."
+                )
+            if bool(attention_mask.all()):
+                attention_mask = None  # no padding: the fast causal path applies
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(start_pos, end, device=tgt.device)
+            else:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start_pos:]
+        cos, sin = self.rope.cos_sin(position_ids)
+        mask = None
+        if attention_mask is not None or (start_pos > 0 and seq > 1):
+            mask = build_attention_mask(attention_mask, seq, start_pos).to(tgt.device)
+
+        h = self.tok_embeddings(tgt)  # (B, T, d_model)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, None if kv_caches is None else kv_caches[i], start_pos)
+        h = self.norm(h)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.output(h)  # (B, T, vocab_size)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss(logits, labels, attention_mask)
+        return CausalLMOutput(logits=logits, loss=loss)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy of predicting labels[:, t+1] from logits[:, t]; -100 and padding are ignored."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (like tgt), got {tuple(labels.shape)}.")
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask[:, -labels.shape[1]:] == 0, -100)
+        shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        shift_labels = labels[:, 1:].reshape(-1)
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+    # ------------------------------------------------------------------------------------------- generation
+    def generate(self, prompt, tokenizer=None, **kwargs):
+        """Sample a continuation, recomputing the whole sequence at every step (no cache). See
+        ``llama3.generation.generate`` for the arguments; generation stops at EOS (per sequence), after
+        max_new_tokens, or when the sequence reaches max_seq_len."""
+        from llama3.generation import generate
+
+        return generate(self, prompt, tokenizer, use_cache=False, **kwargs)
+
+    def generate_kv(self, prompt, tokenizer=None, **kwargs):
+        """Like ``generate``, but with a KV cache: each step feeds only the newest token. ``compile=True``
+        runs a static-shape decode step under torch.compile (the first call pays the compilation)."""
+        from llama3.generation import generate
+
+        return generate(self, prompt, tokenizer, use_cache=True, **kwargs)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        params = {id(p): p for p in self.parameters()}  # tied weights count once
+        total = sum(p.numel() for p in params.values())
+        if exclude_embeddings:
+            total -= self.tok_embeddings.weight.numel()
+        return total
+
+    def state_dict_for_saving(self) -> dict[str, torch.Tensor]:
+        """The state dict without the tied head (safetensors refuses shared tensors; loading re-ties it)."""
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        if self.args.tie_embeddings:
+            state.pop("output.weight", None)
+        return state
+
+    def save_pretrained(self, folder: str | os.PathLike, safe_serialization: bool = True, tokenizer=None) -> Path:
+        """Write config.json and model.safetensors (or model.pth) into ``folder``; files are written under a
+        temporary name and renamed, so an interrupted save never leaves a half-written checkpoint."""
+        from llama3.convert import atomic_save
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = WEIGHTS_NAME if safe_serialization else "model.pth"
+        atomic_save(self.state_dict_for_saving(), folder / name)
+        tmp = folder / (CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps(self.args.to_dict(), indent=2) + "\n")
+        os.replace(tmp, folder / CONFIG_NAME)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, args: ModelArgs | None = None, **overrides) -> Llama3:
+        """Load a model from a ``.pth`` or ``.safetensors`` state dict (``args`` required), from a folder
+        written by ``save_pretrained`` (config inside; ``args`` optional), or from a Hugging Face folder.
+
+        A checkpoint that does not fit the args raises ValueError naming the missing, unexpected and wrongly
+        shaped keys.
+        """
+        from llama3.convert import load_state_dict_file
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"No checkpoint at {path}: pass a .pth/.safetensors file or a folder written by save_pretrained."
+            )
+        if path.is_dir():
+            config = path / CONFIG_NAME
+            if config.is_file() and json.loads(config.read_text()).get("model_type") == "llama":
+                return cls.from_hf(path)
+            if args is None:
+                args = ModelArgs.load(config, **overrides)
+            weights = [path / WEIGHTS_NAME, path / "model.pth"]
+            weights = [w for w in weights if w.is_file()]
+            if not weights:
+                raise FileNotFoundError(f"{path} holds no {WEIGHTS_NAME} or model.pth: is it a save_pretrained folder?")
+            path = weights[0]
+        elif args is None:
+            raise ValueError(
+                f"{path.name} is a bare state dict: pass the ModelArgs it was trained with, "
+                f"Llama3.from_pretrained(path, args), or load a folder written by save_pretrained."
+            )
+        elif overrides:
+            raise TypeError(f"Unexpected keyword arguments {sorted(overrides)} with an explicit args.")
+        return cls.from_state_dict(load_state_dict_file(path), args)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], args: ModelArgs) -> Llama3:
+        """Build the model and load ``state`` into it, with a readable error when the two do not fit."""
+        from llama3.convert import check_state_dict, clean_state_dict
+
+        state = clean_state_dict(state)
+        with torch.device("meta"):  # no random init, no second copy of the weights
+            model = cls(args)
+        check_state_dict(model, state)
+        model.load_state_dict(state, strict=False, assign=True)
+        if args.tie_embeddings:
+            model.output.weight = model.tok_embeddings.weight
+        model.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)  # buffers were on "meta"
+        return model
+
+    @classmethod
+    def from_hf(cls, folder_or_model, **kwargs) -> Llama3:
+        """From a Hugging Face Llama: a ``LlamaForCausalLM`` in memory, or a folder (config.json + safetensors)."""
+        from llama3.convert import from_hf
+
+        return from_hf(folder_or_model, **kwargs)
+
+    def to_hf(self):
+        """An equivalent ``transformers.LlamaForCausalLM`` holding copies of these weights."""
+        from llama3.convert import to_hf
+
+        return to_hf(self)
+
+    def save_hf(self, folder: str | os.PathLike, **kwargs) -> Path:
+        """Write a Hugging Face folder (config.json + model.safetensors) that AutoModelForCausalLM loads."""
+        from llama3.convert import save_hf
+
+        return save_hf(self, folder, **kwargs)
+
+    @classmethod
+    def from_meta(cls, folder: str | os.PathLike, max_seq_len: int | None = None,
+                  rope_scaling: dict | None = None, **kwargs) -> Llama3:
+        """From Meta's format: params.json + consolidated.00.pth."""
+        from llama3.convert import from_meta
+
+        return from_meta(folder, max_seq_len=max_seq_len, rope_scaling=rope_scaling, **kwargs)
