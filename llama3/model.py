@@ -106,13 +106,19 @@ class Llama3(nn.Module):
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy of predicting labels[:, t+1] from logits[:, t]; -100 and padding are ignored."""
+        """Mean cross-entropy of predicting labels[:, t+1] from logits[:, t].
+
+        Ignored: labels equal to -100, padded labels, and (under left padding) the first real token, whose only
+        "context" would be a padded position.
+        """
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (like tgt), got {tuple(labels.shape)}.")
+        shift_labels = labels[:, 1:]
         if attention_mask is not None:
-            labels = labels.masked_fill(attention_mask[:, -labels.shape[1]:] == 0, -100)
+            mask = attention_mask[:, -labels.shape[1]:].bool()
+            shift_labels = shift_labels.masked_fill(~(mask[:, 1:] & mask[:, :-1]), -100)
         shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-        shift_labels = labels[:, 1:].reshape(-1)
+        shift_labels = shift_labels.reshape(-1)
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
 
     # ------------------------------------------------------------------------------------------- generation
