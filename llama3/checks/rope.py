@@ -1,0 +1,186 @@
+"""check_rope: the learner's ``RoPE(head_dim, theta, rope_scaling)`` against ``llama3.rope.RoPE``.
+
+RoPE has no weights, so the check feeds the same inputs to both and compares. When they disagree it recomputes
+the rotation with one deliberate mistake at a time (half-split pairing, a wrong frequency exponent, the position
+offset ignored, ...) and names the mistake whose output the learner's matches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llama3.checks._common import build, call, close, fail, passed
+from llama3.rope import RoPE as ReferenceRoPE
+from llama3.rope import apply_rotary
+
+# Llama 3.1's scaling, as in the 8B/70B/405B config.json
+LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192}
+
+ATOL = 1e-4  # float32 angles up to position ~100: the maths is exact, the rounding of theta**x is not
+
+
+def _frequencies(head_dim: int, theta: float, exponent: str) -> torch.Tensor:
+    """The D/2 frequencies, right (``"2i/D"``) or with a typical mistake in the exponent."""
+    if exponent == "2i/D":  # correct: theta^(-2i/D), i = 0 .. D/2-1
+        power = torch.arange(0, head_dim, 2).double() / head_dim
+    elif exponent == "i/D":  # forgot the factor 2
+        power = torch.arange(0, head_dim // 2).double() / head_dim
+    elif exponent == "4i/D":  # arange(0, D, 2) and a factor 2 on top
+        power = 2 * torch.arange(0, head_dim, 2).double() / head_dim
+    elif exponent == "+2i/D":  # theta^(+2i/D): frequencies grow instead of shrink
+        power = -torch.arange(0, head_dim, 2).double() / head_dim
+    elif exponent == "2i/(D-2)":  # linspace(0, 1, D/2): the last pair reaches theta^-1 exactly
+        power = torch.linspace(0, 1, head_dim // 2).double()
+    else:
+        raise ValueError(exponent)
+    return (1.0 / theta ** power).float()
+
+
+def _rotate(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, pairing: str = "adjacent",
+            direction: float = 1.0) -> torch.Tensor:
+    """Rotate x (B, T, H, D) at positions (1|B, T) by freqs (D/2,), pairing adjacent or half-split dimensions."""
+    angles = positions[..., None].float() * freqs.float()  # (1|B, T, D/2), float32 as most solutions compute it
+    cos, sin = angles.cos()[:, :, None, :], (direction * angles.sin())[:, :, None, :]
+    if pairing == "adjacent":
+        return apply_rotary(x, cos, sin)
+    half = x.shape[-1] // 2  # Hugging Face's convention: dimension i pairs with i + D/2
+    x0, x1 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).type_as(x)
+
+
+def _mistakes(head_dim: int, theta: float):
+    """(name, hint, kwargs for _rotate) for each deliberate mistake the diagnosis tries, most likely first."""
+    right = _frequencies(head_dim, theta, "2i/D")
+    yield ("half-split pairing",
+           "you rotate dimension i with dimension i + head_dim/2 (the Hugging Face 'rotate_half' convention). This "
+           "course follows Meta and rotates ADJACENT pairs (x[..., 0::2], x[..., 1::2]), i.e. dimensions (2i, 2i+1); "
+           "interleave the rotated halves back with torch.stack(..., dim=-1).flatten(-2).",
+           dict(freqs=right, pairing="half"))
+    yield ("position offset ignored",
+           "the position offset is ignored: forward(x, positions=p) must rotate the T tokens of x to positions "
+           "p, p+1, ..., p+T-1 (an int start) or to the given (T,)/(B, T) tensor of positions. Yours rotates them "
+           "as if they started at 0, which breaks cached decoding and left-padded batches.",
+           dict(freqs=right, offset=False))
+    for exponent, wrong in (("i/D", "theta^(-i/D): the factor 2 is missing"),
+                            ("4i/D", "theta^(-4i/D): torch.arange(0, D, 2) already contains the factor 2"),
+                            ("+2i/D", "theta^(+2i/D): the sign of the exponent is flipped"),
+                            ("2i/(D-2)", "theta^(-2i/(D-2)) (torch.linspace(0, 1, D/2) reaches the end exactly)")):
+        yield (f"frequency exponent {exponent}",
+               f"wrong frequency exponent: your frequencies are {wrong}. Pair i must turn at "
+               f"freq_i = theta^(-2i/head_dim) for i = 0 .. head_dim/2 - 1, i.e. "
+               f"1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim).",
+               dict(freqs=_frequencies(head_dim, theta, exponent)))
+    yield ("theta ignored",
+           f"the `theta` argument is ignored: your frequencies use base 10000 (Llama 2) instead of theta={theta:g}. "
+           f"Use self.theta (Llama 3 uses 500000).",
+           dict(freqs=_frequencies(head_dim, 10000.0, "2i/D")))
+    yield ("rotation direction",
+           "the rotation turns the wrong way: pair (x0, x1) must become (x0 cos - x1 sin, x0 sin + x1 cos); "
+           "yours has the signs of sin swapped.",
+           dict(freqs=right, direction=-1.0))
+
+
+def _diagnose(mine, actual: torch.Tensor, x: torch.Tensor, positions: torch.Tensor, head_dim: int, theta: float,
+              where: str) -> None:
+    """The learner's output differs from the reference: name the mistake it matches, else explain what to check."""
+    if not torch.isfinite(actual.float()).all():
+        fail(f"RoPE {where}: the output contains NaN or inf. A rotation only multiplies by cos and sin.")
+    for name, hint, kwargs in _mistakes(head_dim, theta):
+        offset = kwargs.pop("offset", True)
+        pos = positions if offset else torch.arange(x.shape[1])[None]
+        if close(actual, _rotate(x, pos, **kwargs), atol=ATOL, rtol=ATOL):
+            fail(f"RoPE {where}: {hint}")
+    # No known mistake: probe the angles directly. The unit vector (1, 0) in every pair, rotated to position 1,
+    # comes out as (cos f_i, sin f_i), so atan2 reads off the learner's per-pair frequencies.
+    probe = torch.zeros(1, 1, 1, head_dim)
+    probe[..., 0::2] = 1.0
+    turned = call(mine, probe, 1, what=f"RoPE.forward {where}").float().flatten()
+    yours = torch.atan2(turned[1::2], turned[0::2])
+    right = _frequencies(head_dim, theta, "2i/D")
+    err = (actual.float() - _rotate(x, positions, right).float()).abs().max().item()
+    fail(f"RoPE {where}: the output differs from the reference (max abs error {err:.3g}). Rotating (1, 0) pairs to "
+         f"position 1 gives your angles {[round(a, 4) for a in yours[:3].tolist()]}..., expected freq_i = "
+         f"theta^(-2i/head_dim) = {[round(f, 4) for f in right[:3].tolist()]}... Check, in order: pairs are adjacent "
+         f"dimensions (2i, 2i+1); angle = position * freq_i; (x0, x1) -> (x0 cos - x1 sin, x0 sin + x1 cos); "
+         f"positions start at the given offset.")
+
+
+def _positions_for(x: torch.Tensor, positions) -> torch.Tensor:
+    if isinstance(positions, int):
+        return torch.arange(positions, positions + x.shape[1])[None]
+    return positions if positions.dim() == 2 else positions[None]
+
+
+def _check_forward(mine, ref, x, positions, head_dim, theta, where):
+    out = call(mine, x, positions, what=f"RoPE.forward {where}")
+    if not isinstance(out, torch.Tensor):
+        fail(f"RoPE.forward {where}: expected a tensor, got {type(out).__name__}.")
+    if out.shape != x.shape:
+        fail(f"RoPE.forward {where}: output shape {tuple(out.shape)}, expected the input's shape {tuple(x.shape)} "
+             f"(B, T, H, D): RoPE rotates, it never changes the shape.")
+    if out.dtype != x.dtype:
+        fail(f"RoPE.forward {where}: output dtype {out.dtype}, expected the input's {x.dtype}. Rotate in float32 "
+             f"and cast back with .type_as(x).")
+    expected = ref(x, positions)
+    atol = ATOL if x.dtype == torch.float32 else 2e-2
+    if not close(out, expected, atol=atol, rtol=atol):
+        if x.dtype != torch.float32:
+            fail(f"RoPE.forward {where}: a {x.dtype} input gives a different rotation than in float32. Compute "
+                 f"the angles and the rotation in float32, then cast back with .type_as(x).")
+        _diagnose(mine, out, x, _positions_for(x, positions), head_dim, theta, where)
+
+
+def check_rope(RoPE) -> None:
+    """Check a learner's ``RoPE`` class: forward(x (B, T, H, D), positions) and cos_sin(positions)."""
+    gen = torch.Generator().manual_seed(0)
+    for head_dim, theta in ((16, 500000.0), (6, 10000.0)):  # also an odd number of pairs
+        mine = build(RoPE, head_dim, theta, what=f"RoPE({head_dim}, theta={theta:g})")
+        ref = ReferenceRoPE(head_dim, theta)
+        if not callable(mine):
+            fail("RoPE: the class must be an nn.Module with a forward(x, positions) method.")
+        x = torch.randn(2, 5, 3, head_dim, generator=gen)  # (B, T, H, D)
+        size = f"head_dim={head_dim}, theta={theta:g}"
+
+        # position 0 rotates nothing: the cheapest test, and the clearest hint when it fails
+        out = call(mine, x[:, :1], 0, what=f"RoPE.forward ({size}) at position 0")
+        if isinstance(out, torch.Tensor) and out.shape == x[:, :1].shape and not close(out, x[:, :1], atol=1e-6):
+            fail(f"RoPE ({size}): at position 0 every angle is 0, so RoPE must return x unchanged, but yours changes "
+                 f"it. Is the angle position * freq (not (position + 1) * freq), and does cos multiply x0 and x1?")
+        _check_forward(mine, ref, x, 0, head_dim, theta, f"({size}, positions=0)")
+        _check_forward(mine, ref, x, 7, head_dim, theta, f"({size}, start position 7 given as an int)")
+        _check_forward(mine, ref, x, torch.tensor([3, 4, 5, 6, 90]), head_dim, theta,
+                       f"({size}, a (T,) tensor of positions)")
+        left_padded = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])  # (B, T): row 0 has 2 pads in front
+        _check_forward(mine, ref, x, left_padded, head_dim, theta,
+                       f"({size}, a (B, T) tensor of positions, one row per sequence)")
+        _check_forward(mine, ref, x.bfloat16(), 3, head_dim, theta, f"({size}, a bfloat16 input)")
+
+        # cos_sin is what the attention layer of notebook 04 consumes
+        for positions, shape in ((torch.arange(4), (1, 4, 1, head_dim // 2)), (left_padded, (2, 5, 1, head_dim // 2))):
+            got = call(mine.cos_sin, positions, what=f"RoPE.cos_sin ({size})")
+            if not (isinstance(got, tuple | list) and len(got) == 2):
+                fail(f"RoPE.cos_sin ({size}): must return a pair (cos, sin), got {type(got).__name__}.")
+            for name, actual, expected in zip(("cos", "sin"), got, ref.cos_sin(positions), strict=True):
+                if not isinstance(actual, torch.Tensor) or actual.shape != shape:
+                    fail(f"RoPE.cos_sin ({size}): {name} for positions of shape {tuple(positions.shape)} must have "
+                         f"shape {shape} = (1 or B, T, 1, head_dim/2), got "
+                         f"{tuple(actual.shape) if isinstance(actual, torch.Tensor) else type(actual).__name__}. "
+                         f"The 1 broadcasts over the heads.")
+                if not close(actual, expected, atol=ATOL, rtol=ATOL):
+                    fail(f"RoPE.cos_sin ({size}): {name} differs from the reference; it is {name}(position * freq_i) "
+                         f"with freq_i = theta^(-2i/head_dim).")
+
+    # Llama 3.1 long-context scaling slows the low frequencies down; the skeleton's helper does the arithmetic
+    mine = build(RoPE, 16, 500000.0, LLAMA31_SCALING, what="RoPE(16, 500000, rope_scaling=Llama 3.1)")
+    ref = ReferenceRoPE(16, 500000.0, LLAMA31_SCALING)
+    x = torch.randn(1, 4, 2, 16, generator=gen)
+    out = call(mine, x, 100, what="RoPE.forward with rope_scaling")
+    if not close(out, ref(x, 100), atol=ATOL, rtol=ATOL):
+        fail("RoPE with rope_scaling (Llama 3.1): the output differs from the reference. Pass the frequencies through "
+             "the scaling helper when rope_scaling is not None, and use the scaled ones for the angles.")
+    passed(f"RoPE: adjacent pairs, theta^(-2i/D) frequencies, offsets and per-row positions, "
+           f"cos_sin shapes, bfloat16 and Llama 3.1 scaling agree with llama3.RoPE (max error < {ATOL:g}).")
+
+
+__all__ = ["check_rope", "LLAMA31_SCALING"]

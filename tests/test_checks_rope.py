@@ -1,0 +1,114 @@
+"""check_rope accepts correct RoPE classes and rejects each planted mistake with its own hint."""
+
+import pytest
+import torch
+
+from llama3.checks import check_rope
+from llama3.checks._common import CheckFailed
+from llama3.rope import RoPE, rope_frequencies
+
+
+class MetaComplexRoPE(torch.nn.Module):
+    """An independent correct solution: Meta's original complex-number formulation (torch.polar)."""
+
+    def __init__(self, head_dim, theta=500000.0, rope_scaling=None):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_frequencies(head_dim, theta, rope_scaling), persistent=False)
+
+    def cos_sin(self, positions):
+        positions = positions[None] if positions.dim() == 1 else positions
+        angles = positions[..., None].float() * self.inv_freq
+        return angles.cos()[:, :, None], angles.sin()[:, :, None]
+
+    def forward(self, x, positions=0):
+        if isinstance(positions, int):
+            positions = torch.arange(positions, positions + x.shape[1])
+        positions = positions[None] if positions.dim() == 1 else positions
+        rotor = torch.polar(torch.ones_like(self.inv_freq), positions[..., None].float() * self.inv_freq)
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, H, D/2)
+        return torch.view_as_real(pairs * rotor[:, :, None]).flatten(-2).type_as(x)
+
+
+class HalfSplitRoPE(RoPE):
+    """Rotates dimension i with i + D/2 (Hugging Face's rotate_half) instead of adjacent pairs."""
+
+    def forward(self, x, positions=0):
+        if isinstance(positions, int):
+            positions = torch.arange(positions, positions + x.shape[1])
+        cos, sin = self.cos_sin(positions)
+        x0, x1 = x.float().chunk(2, dim=-1)
+        return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).type_as(x)
+
+
+class MissingFactorTwoRoPE(RoPE):
+    """Frequencies theta^(-i/D): arange(0, D/2) / D, the factor 2 forgotten."""
+
+    def __init__(self, head_dim, theta=500000.0, rope_scaling=None):
+        super().__init__(head_dim, theta, rope_scaling)
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, head_dim // 2).float() / head_dim)
+
+
+class PositiveExponentRoPE(RoPE):
+    def __init__(self, head_dim, theta=500000.0, rope_scaling=None):
+        super().__init__(head_dim, theta, rope_scaling)
+        self.inv_freq = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+
+
+class OffsetIgnoredRoPE(RoPE):
+    """Always rotates to positions 0..T-1, whatever positions says."""
+
+    def forward(self, x, positions=0):
+        return super().forward(x, 0)
+
+
+class TensorPositionsIgnoredRoPE(RoPE):
+    """Honours an int start but drops a tensor of positions."""
+
+    def forward(self, x, positions=0):
+        return super().forward(x, positions if isinstance(positions, int) else 0)
+
+
+class HardCodedThetaRoPE(RoPE):
+    def __init__(self, head_dim, theta=500000.0, rope_scaling=None):
+        super().__init__(head_dim, 10000.0, rope_scaling)
+
+
+class Float16RoPE(RoPE):
+    """Returns float32 whatever the input dtype."""
+
+    def forward(self, x, positions=0):
+        return super().forward(x.float(), positions)
+
+
+class UnsolvedRoPE(RoPE):
+    def forward(self, x, positions=0):
+        raise NotImplementedError("rope: write forward")
+
+
+@pytest.mark.parametrize("solution", [RoPE, MetaComplexRoPE])
+def test_correct_solutions_pass(solution, capsys):
+    check_rope(solution)
+    assert capsys.readouterr().out.startswith("PASSED RoPE")
+
+
+@pytest.mark.parametrize("planted,phrase", [
+    (HalfSplitRoPE, "rotates ADJACENT pairs"),
+    (MissingFactorTwoRoPE, "the factor 2 is missing"),
+    (PositiveExponentRoPE, "the sign of the exponent is flipped"),
+    (OffsetIgnoredRoPE, "position offset is ignored"),
+    (TensorPositionsIgnoredRoPE, "position offset is ignored"),
+    (HardCodedThetaRoPE, "`theta` argument is ignored"),
+    (Float16RoPE, "cast back with .type_as(x)"),
+    (UnsolvedRoPE, "not solved yet"),
+])
+def test_planted_mistakes_are_named(planted, phrase):
+    with pytest.raises(CheckFailed, match=__import__("re").escape(phrase)):
+        check_rope(planted)
+
+
+def test_checker_leaves_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_rope(RoPE)
+    assert torch.equal(torch.rand(3), expected)
