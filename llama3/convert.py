@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -146,38 +147,59 @@ def hf_state_dict_from_ours(state: dict[str, torch.Tensor], args: ModelArgs) -> 
     return out
 
 
+def our_name_from_hf(hf_name: str) -> str | None:
+    """The package's name for a Hugging Face key; None for keys to skip; the key itself when it is unknown
+    (``check_state_dict`` then reports it as unexpected)."""
+    if hf_name.endswith("rotary_emb.inv_freq"):
+        return None  # old transformers saved this buffer; it is recomputed from the config
+    parts = hf_name.split(".")
+    is_layer = parts[:2] == ["model", "layers"] and len(parts) > 2
+    key = ".".join(["model", "layers", "{i}", *parts[3:]]) if is_layer else hf_name
+    name = _HF_TO_OURS.get(key)
+    if name is None:
+        return hf_name
+    return name.replace("{i}", parts[2]) if is_layer else name
+
+
+_HF_TO_OURS = {v: k for k, v in HF_NAMES.items()}
+
+
+def _unpermute_if_qk(name: str, tensor: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    if name.endswith("attention.wq.weight"):
+        return unpermute_from_hf(tensor, args.heads)
+    if name.endswith("attention.wk.weight"):
+        return unpermute_from_hf(tensor, args.n_kv_heads)
+    return tensor
+
+
 def ours_from_hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
-    reverse = {v: k for k, v in HF_NAMES.items()}
     out = {}
     for hf_name, tensor in state.items():
-        parts = hf_name.split(".")
-        is_layer = parts[:2] == ["model", "layers"]
-        key = ".".join(["model", "layers", "{i}", *parts[3:]]) if is_layer else hf_name
-        if key not in reverse:
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue  # old transformers saved this buffer; it is recomputed
+        name = our_name_from_hf(hf_name)
+        if name is None:
+            continue
+        if name == hf_name:
             raise ValueError(f"Unexpected key {hf_name!r} in a Hugging Face Llama checkpoint.")
-        name = reverse[key].replace("{i}", parts[2]) if is_layer else reverse[key]
-        if name.endswith("attention.wq.weight"):
-            tensor = unpermute_from_hf(tensor, args.heads)
-        elif name.endswith("attention.wk.weight"):
-            tensor = unpermute_from_hf(tensor, args.n_kv_heads)
-        out[name] = tensor
+        out[name] = _unpermute_if_qk(name, tensor, args)
     return out
 
 
-def from_hf(folder_or_model, **overrides):
-    """Llama3 from a transformers LlamaForCausalLM (in memory) or a Hugging Face folder."""
+def from_hf(folder_or_model, dtype: torch.dtype | None = None, **overrides):
+    """Llama3 from a transformers LlamaForCausalLM (in memory) or a Hugging Face folder (config.json and
+    model.safetensors or a sharded model.safetensors.index.json). ``dtype`` casts the weights while loading
+    (None keeps the checkpoint's: bfloat16 for Meta's releases); ``overrides`` replace ModelArgs fields
+    (``max_seq_len=4096`` for example)."""
     from llama3.model import Llama3
 
     if isinstance(folder_or_model, (str, os.PathLike)):
-        return _from_hf_folder(Path(folder_or_model), **overrides)
+        return _from_hf_folder(Path(folder_or_model), dtype=dtype, **overrides)
     hf_model = folder_or_model
     args = args_from_hf_config(hf_model.config, **overrides)
     state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
     if args.tie_embeddings:
         state.pop("lm_head.weight", None)
-    return Llama3.from_state_dict(ours_from_hf_state_dict(state, args), args)
+    model = Llama3.from_state_dict(ours_from_hf_state_dict(state, args), args)
+    return model if dtype is None else model.to(dtype)
 
 
 def to_hf(model):
@@ -203,16 +225,268 @@ def to_hf(model):
     return hf_model.eval()
 
 
-def _from_hf_folder(folder: Path, **overrides):
-    raise NotImplementedError("Loading Hugging Face folders is implemented in llama3.convert (issue 3).")
+# ------------------------------------------------------------------------------------ Hugging Face folders
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+_SHARD_PATTERN = re.compile(r"model-\d+-of-\d+\.safetensors")
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-def save_hf(model, folder, **kwargs):
-    raise NotImplementedError("save_hf is implemented in llama3.convert (issue 3).")
+def _require_folder(folder: Path, what: str, fix: str) -> None:
+    """FileNotFoundError for a missing or empty folder, ValueError for a file where a folder belongs."""
+    if not folder.exists():
+        hint = ""
+        if _REPO_ID.fullmatch(str(folder)):
+            hint = (f" If {str(folder)!r} is a Hub repository id, download it first: "
+                    f"huggingface_hub.snapshot_download({str(folder)!r}) returns the local folder to pass here.")
+        raise FileNotFoundError(f"No folder at {folder}: pass the {what} folder ({fix}).{hint}")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder: pass the {what} folder that contains it ({fix}).")
+    if not any(folder.iterdir()):
+        raise FileNotFoundError(f"The folder {folder} is empty: it should hold the {what} files ({fix}).")
 
 
-def from_meta(folder, max_seq_len=None, rope_scaling=None, **kwargs):
-    raise NotImplementedError("from_meta is implemented in llama3.convert (issue 3).")
+def hf_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a Hugging Face folder: the shards named by model.safetensors.index.json, or
+    model.safetensors."""
+    index = folder / SAFE_INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{index} is not a safetensors index (it needs a 'weight_map'): {error}") from error
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{index.name} names shards that are not in {folder}: {missing}. Download the whole checkpoint "
+                f"again (an interrupted download leaves shards out)."
+            )
+        return files
+    if (folder / SAFE_WEIGHTS_NAME).is_file():
+        return [folder / SAFE_WEIGHTS_NAME]
+    present = sorted(p.name for p in folder.iterdir())
+    if any(name.endswith((".bin", ".pth")) for name in present):
+        fix = ("it holds PyTorch .bin/.pth weights: re-save them as safetensors with transformers' "
+               "save_pretrained(folder) (safetensors is its default), or use Llama3.from_meta for Meta's "
+               "consolidated.00.pth")
+    else:
+        fix = "download the model's *.safetensors files too"
+    raise FileNotFoundError(f"{folder} has no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} ({fix}). It holds: {present}.")
+
+
+def _finish_loading(model, args: ModelArgs):
+    """Re-tie the head, rebuild the RoPE buffers (they were created on "meta") and check nothing is left on
+    "meta"."""
+    from llama3.rope import RoPE
+
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"Loading left tensors without values: {leftover}")
+    return model.eval()
+
+
+def _empty_model(args: ModelArgs, shapes: dict[str, tuple], source: str):
+    """The model on the "meta" device (no memory, no random init), after checking the checkpoint's key names and
+    shapes against it, so that a mismatch is reported before any weight is read."""
+    from llama3.model import Llama3
+
+    with torch.device("meta"):
+        model = Llama3(args)
+        try:
+            check_state_dict(model, {name: torch.empty(shape) for name, shape in shapes.items()})
+        except ValueError as error:
+            raise ValueError(f"The weights in {source} do not match its config. {error}") from None
+    return model
+
+
+def _from_hf_folder(folder: Path, dtype: torch.dtype | None = None, **overrides):
+    """Load shard by shard: safetensors memory-maps each file and the tensors are assigned straight into a model
+    built on the "meta" device, so the weights exist once (only the permuted q/k rows and any dtype cast are
+    copies)."""
+    from safetensors import safe_open
+
+    _require_folder(folder, "Hugging Face model", "config.json and model*.safetensors, as save_pretrained writes")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json: a Hugging Face model folder holds config.json next to its "
+            f"*.safetensors (Meta's format has params.json instead: use Llama3.from_meta)."
+        )
+    args = args_from_hf_config(folder / "config.json", **overrides)
+    files = hf_weight_files(folder)
+
+    shapes, source = {}, {}  # our name -> shape, and -> (file, Hugging Face name); from the headers only
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for hf_name in f.keys():
+                name = our_name_from_hf(hf_name)
+                if name is None or (args.tie_embeddings and name == "output.weight"):
+                    continue
+                if name in source:
+                    raise ValueError(f"{hf_name!r} is stored twice, in {source[name][0].name} and {file.name}.")
+                shapes[name] = tuple(f.get_slice(hf_name).get_shape())
+                source[name] = (file, hf_name)
+    model = _empty_model(args, shapes, f"{folder} (config.json)")
+
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            shard = {}
+            for name, (origin, hf_name) in source.items():
+                if origin == file:
+                    tensor = _unpermute_if_qk(name, f.get_tensor(hf_name), args)
+                    shard[name] = tensor if dtype is None else tensor.to(dtype)
+        model.load_state_dict(shard, strict=False, assign=True)
+        del shard
+    return _finish_loading(model, args)
+
+
+def save_hf(model, folder, max_shard_size: int | str = "5GB", tokenizer=None) -> Path:
+    """Write ``model`` as a Hugging Face folder that ``transformers.AutoModelForCausalLM.from_pretrained`` loads:
+    config.json and model.safetensors, or model-0000k-of-0000n.safetensors shards plus
+    model.safetensors.index.json when the weights exceed ``max_shard_size`` (bytes, or a string such as "2GB").
+
+    The q/k rows are permuted to Hugging Face's pairing; a tied head is not written (transformers re-ties it from
+    ``tie_word_embeddings``). Files are written under a temporary name and renamed, config.json last, and
+    weight files of an earlier save in the same folder that the new one does not use are removed, so the
+    folder never mixes two saves.
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"save_hf needs a folder, but {folder} is a file: pass a folder path.")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = hf_state_dict_from_ours(model.state_dict_for_saving(), model.args)
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        atomic_save({name: state[name] for name in names}, folder / filename)
+    written = set(split.filename_to_tensors)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        _atomic_write_text(folder / SAFE_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+        written.add(SAFE_INDEX_NAME)
+    for stale in folder.iterdir():
+        if stale.name not in written and (stale.name in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME)
+                                          or _SHARD_PATTERN.fullmatch(stale.name)):
+            stale.unlink()
+
+    config = hf_config_from_args(model.args).to_dict()
+    config["architectures"] = ["LlamaForCausalLM"]
+    dtype = str(model.tok_embeddings.weight.dtype).removeprefix("torch.")
+    config["torch_dtype" if "torch_dtype" in config else "dtype"] = dtype
+    _atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- Meta format
+# Meta's use_scaled_rope flag carries no numbers: these are Llama 3.1's. Llama 3.2 1B/3B use factor 32
+# (pass rope_scaling={"factor": 32.0}); Hugging Face's converter makes the same choice.
+META_ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192}
+META_CONTEXT = {False: 8192, True: 131072}  # Llama 3 / Llama 3.1+ context lengths
+
+
+def args_from_meta_params(params: dict, max_seq_len: int | None = None, rope_scaling: dict | None = None,
+                          **overrides) -> ModelArgs:
+    """ModelArgs from Meta's params.json. The FFN hidden size follows Meta's rule from dim, multiple_of and
+    ffn_dim_multiplier (ModelArgs applies the same rule). ``rope_scaling`` (a full or partial dict) overrides
+    the Llama 3.1 defaults that ``use_scaled_rope`` stands for; ``max_seq_len`` defaults to 131072 for scaled
+    RoPE and 8192 otherwise."""
+    for key in ("dim", "n_layers", "n_heads", "vocab_size"):
+        if key not in params:
+            raise ValueError(f"params.json has no {key!r}: Meta's Llama params.json holds dim, n_layers, n_heads, "
+                             f"n_kv_heads, vocab_size, multiple_of, ffn_dim_multiplier, norm_eps and rope_theta.")
+    scaled = bool(params.get("use_scaled_rope", False))
+    scaling = None
+    if scaled or rope_scaling is not None:
+        scaling = dict(META_ROPE_SCALING)
+        # Later releases of Meta's code may spell the numbers out in params.json.
+        for meta_key, key in (("rope_scaling_factor", "factor"), ("rope_high_freq_factor", "high_freq_factor")):
+            if params.get(meta_key) is not None:
+                scaling[key] = params[meta_key]
+        if rope_scaling is not None:
+            if not isinstance(rope_scaling, dict):
+                raise TypeError(f"rope_scaling must be a dict such as {{'factor': 32.0}}, got "
+                                f"{type(rope_scaling).__name__}.")
+            scaling.update(rope_scaling)
+    heads = params["n_heads"]
+    kv_heads = params.get("n_kv_heads") or heads
+    if heads % kv_heads:
+        raise ValueError(f"params.json n_heads={heads} is not a multiple of n_kv_heads={kv_heads}.")
+    values = dict(
+        vocab_size=params["vocab_size"],
+        d_model=params["dim"],
+        heads=heads,
+        group_size=heads // kv_heads,
+        num_layers=params["n_layers"],
+        max_seq_len=max_seq_len or params.get("max_seq_len") or META_CONTEXT[scaled],
+        multiple_of=params.get("multiple_of", 256),
+        ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+        norm_eps=params.get("norm_eps", 1e-5),
+        rope_theta=float(params.get("rope_theta", 500000.0)),
+        rope_scaling=scaling,
+    )
+    values.update(overrides)
+    return ModelArgs(**values)
+
+
+def from_meta(folder, max_seq_len: int | None = None, rope_scaling: dict | None = None,
+              dtype: torch.dtype | None = None, **overrides):
+    """Llama3 from Meta's format: a folder with params.json and consolidated.00.pth (Meta's key names are this
+    package's, and Meta pairs RoPE dimensions as this package does, so no permutation is needed).
+
+    The .pth file is memory-mapped (torch.load(mmap=True)) and its tensors assigned into a model built on the
+    "meta" device. A checkpoint without ``output.weight``, or whose ``output.weight`` equals the embedding, gets
+    tied embeddings (Llama 3.2 1B/3B). ``rope_scaling={"factor": 32.0}`` is needed for Llama 3.2 (see
+    META_ROPE_SCALING). Model-parallel checkpoints (several consolidated.*.pth) are refused.
+    """
+    folder = Path(folder)
+    _require_folder(folder, "Meta checkpoint", "params.json and consolidated.00.pth, as Meta's download gives")
+    params_file = folder / "params.json"
+    if not params_file.is_file():
+        hint = " It holds config.json: use Llama3.from_hf for Hugging Face folders." if (
+            folder / "config.json").is_file() else ""
+        raise FileNotFoundError(f"{folder} has no params.json: Meta's checkpoint folder holds params.json and "
+                                f"consolidated.00.pth.{hint}")
+    try:
+        params = json.loads(params_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{params_file} is not valid JSON ({error}).") from error
+    shards = sorted(folder.glob("consolidated.*.pth"))
+    if not shards:
+        raise FileNotFoundError(f"{folder} has no consolidated.00.pth: download the weights next to params.json.")
+    if len(shards) > 1:
+        raise ValueError(
+            f"{folder} holds {len(shards)} model-parallel shards ({', '.join(s.name for s in shards)}); from_meta "
+            f"loads single-shard checkpoints (Llama 3.x 1B, 3B, 8B). For larger models use the Hugging Face "
+            f"release with Llama3.from_hf."
+        )
+    state = load_state_dict_file(shards[0])
+    state.pop("rope.freqs", None)  # Llama 2 era checkpoints stored the RoPE table; it is recomputed
+    tie = "output.weight" not in state or (
+        "tok_embeddings.weight" in state
+        and state["output.weight"].shape == state["tok_embeddings.weight"].shape
+        and torch.equal(state["output.weight"], state["tok_embeddings.weight"])
+    )
+    if tie:
+        state.pop("output.weight", None)
+    args = args_from_meta_params(params, max_seq_len, rope_scaling, tie_embeddings=tie, **overrides)
+    model = _empty_model(args, {name: tuple(t.shape) for name, t in state.items()}, f"{shards[0]} (params.json)")
+    if dtype is not None:
+        state = {name: t.to(dtype) for name, t in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    return _finish_loading(model, args)
 
 
 # ---------------------------------------------------------------------------------------- files, checks
@@ -266,12 +540,10 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as error:
-        if isinstance(error, FileNotFoundError):
-            raise
-        raise ValueError(f"Could not read the checkpoint {path}: it is corrupt or not a state dict ({error}).") from error
-    except Exception as error:  # safetensors raises its own SafetensorError
-        raise ValueError(f"Could not read the checkpoint {path}: it is corrupt or not a state dict ({error}).") from error
+    except Exception as error:  # torch raises RuntimeError/EOFError/pickle errors, safetensors its SafetensorError
+        raise ValueError(
+            f"Could not read the checkpoint {path}: it is corrupt or not a state dict ({error})."
+        ) from error
 
 
 def atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
