@@ -63,7 +63,7 @@ def _wirings(ref: DecoderLayer, x, cos, sin, mask) -> dict[str, tuple[torch.Tens
         "parallel": (h + ffn(n2(x)),
                      "The feed-forward reads x instead of h: the two branches run in sequence, "
                      "out = h + feed_forward(ffn_norm(h)) with h the output of the attention branch."),
-        "residual of normed": (n1(x) + attn(n1(x)) + ffn(n2(n1(x) + attn(n1(x)))),
+        "residual of normed": (n2(n1(x) + attn(n1(x))) + ffn(n2(n1(x) + attn(n1(x)))),
                                "The residual adds the NORMALISED input: add the branch to x itself "
                                "(h = x + attention(attention_norm(x))); only the branch input is normalised."),
         "no norms": (x + attn(x) + ffn(x + attn(x)),

@@ -131,11 +131,12 @@ def _sampling_variants(row, temperature, top_p, top_k) -> dict[str, tuple[torch.
             torch.softmax(top_p_filter(row if top_k is None else top_k_filter(row, top_k), top_p) / temperature, -1),
             "top-p is applied before the temperature: divide by temperature first, then filter (top-k, then top-p), "
             "then the softmax, as transformers does."),
-        "filters ignored": (
-            _expected_probs(row, temperature, 1.0, None),
-            "top_k / top_p have no effect: filter the tempered logits with top_k_filter and top_p_filter before "
-            "the softmax."),
     }
+    if top_k is not None and top_p < 1:
+        variants["filters ignored"] = (
+            _expected_probs(row, temperature, 1.0, None),
+            "top_k and top_p have no effect: filter the tempered logits with top_k_filter and top_p_filter before "
+            "the softmax.")
     if top_k is not None:
         variants["top_k ignored"] = (
             _expected_probs(row, temperature, top_p, None),
@@ -168,7 +169,7 @@ def check_sample_next_token(sample_fn) -> None:
 
     # sampling: the empirical distribution of many seeded draws against the reference's distribution
     row = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0])
-    cases = [(0.5, 1.0, None), (2.0, 1.0, None), (1.0, 0.75, None), (0.7, 0.9, 4), (1.5, 1.0, 3)]
+    cases = [(0.5, 1.0, None), (2.0, 1.0, None), (1.0, 0.75, None), (1.5, 1.0, 3), (0.7, 0.9, 4)]
     for temperature, top_p, top_k in cases:
         what = f"sample_next_token(temperature={temperature}, top_p={top_p}, top_k={top_k})"
         batch = row.expand(DRAWS, -1).clone()

@@ -26,7 +26,11 @@ LOGITS_ATOL = 1e-4
 def _loss_variants(logits, labels, attention_mask) -> dict[str, tuple[torch.Tensor, str]]:
     """Wrong losses a learner is likely to write, each with the hint that names the mistake."""
     vocab = logits.shape[-1]
-    masked = labels if attention_mask is None else labels.masked_fill(attention_mask == 0, -100)
+    masked = labels  # labels with everything the reference ignores set to -100 (the shift is still to come)
+    if attention_mask is not None:
+        real = attention_mask.bool()
+        masked = labels.masked_fill(~real, -100)
+        masked[:, 1:] = masked[:, 1:].masked_fill(~real[:, :-1], -100)
 
     def ce(lg, lb):
         return F.cross_entropy(lg.reshape(-1, vocab).float(), lb.reshape(-1), ignore_index=-100)
@@ -45,12 +49,17 @@ def _loss_variants(logits, labels, attention_mask) -> dict[str, tuple[torch.Tens
     if attention_mask is not None:
         variants["padding counted"] = (
             ce(logits[:, :-1], labels[:, 1:]),
-            "Padding is counted in the loss: set the labels to -100 where attention_mask == 0 "
-            "(labels.masked_fill(attention_mask == 0, -100)) before the cross-entropy.")
+            "Padding is counted in the loss: ignore (label -100) every position whose input or target is padding, "
+            "i.e. where attention_mask[:, :-1] & attention_mask[:, 1:] is 0, before the cross-entropy.")
+        variants["prediction from padding counted"] = (
+            ce(logits[:, :-1], labels.masked_fill(attention_mask == 0, -100)[:, 1:]),
+            "The first real token of a left-padded row is counted, although its input is a padding token: a "
+            "position counts only when both its input and its target are real tokens "
+            "(attention_mask[:, :-1] & attention_mask[:, 1:]).")
         variants["padding counted, no shift"] = (
             ce(logits, labels),
-            "The labels are not shifted AND padding is counted: compare logits[:, :-1] with labels[:, 1:], and set "
-            "the labels to -100 where attention_mask == 0.")
+            "The labels are not shifted AND padding is counted: compare logits[:, :-1] with labels[:, 1:], and "
+            "ignore the positions where the input or the target is padding.")
     # per-row means averaged: wrong whenever rows count different numbers of tokens
     rows = []
     for b in range(logits.shape[0]):
@@ -106,7 +115,7 @@ def check_loss(loss_fn) -> None:
         if mask is None and "-100" in name:
             fail(f"{what}: labels equal to -100 must be ignored: F.cross_entropy(..., ignore_index=-100).")
         fail(f"{what}: {actual.item():.6f}, expected {expected.item():.6f}. The loss is the mean cross-entropy of "
-             f"logits[:, :-1] against labels[:, 1:], ignoring -100 and positions where attention_mask == 0.")
+             f"logits[:, :-1] against labels[:, 1:], ignoring -100 and positions whose input or target is padding.")
     # a mathematical property: uniform logits give log(V) whatever the labels
     uniform = torch.zeros(2, 5, 7)
     labels = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
@@ -150,7 +159,6 @@ def _by_hand(ref: Llama3, tgt, *, final_norm=True, chain=True, positions=None, r
 
 
 def _forward_variants(ref: Llama3, tgt) -> dict[str, tuple[torch.Tensor, str]]:
-    seq = tgt.shape[1]
     correct = ref(tgt).logits
     return {
         "no final norm": (_by_hand(ref, tgt, final_norm=False),
@@ -162,9 +170,6 @@ def _forward_variants(ref: Llama3, tgt) -> dict[str, tuple[torch.Tensor, str]]:
         "no rope": (_by_hand(ref, tgt, rope=False),
                     "The positions never reach the layers (no rotation): compute cos, sin = "
                     "self.rope.cos_sin(positions) and pass them to every layer."),
-        "positions from 1": (_by_hand(ref, tgt, positions=torch.arange(1, seq + 1)),
-                             "Positions start at 1: the first token is at position 0 (torch.arange(start_pos, "
-                             "start_pos + T))."),
         "probabilities": (correct.softmax(-1),
                           "forward returns probabilities: return the raw logits (the loss and sampling apply "
                           "the softmax themselves)."),
@@ -244,11 +249,6 @@ def _check_config(cls, seed: int) -> None:
                 if close(logits[real], ref(tgt).logits[real], atol=LOGITS_ATOL):
                     fail(f"{what}: attention_mask is ignored: build the mask with build_attention_mask("
                          f"attention_mask, T, start_pos) and pass it to every layer.")
-                positions = torch.arange(seq).expand(batch, seq)
-                if close(logits[real], ref(tgt, mask, position_ids=positions).logits[real], atol=LOGITS_ATOL):
-                    fail(f"{what}: positions must count from each row's first real token, so that a left-padded "
-                         f"row gets the same logits as the row alone: position_ids = "
-                         f"(attention_mask.cumsum(-1) - 1).clamp(min=0).")
             _expect_logits(logits, ref_out.logits, what, "Compare only real tokens: are padded keys hidden?")
         loss = getattr(out, "loss", None)
         if not close(loss, ref_out.loss, atol=LOSS_ATOL):

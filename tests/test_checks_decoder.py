@@ -1,0 +1,125 @@
+"""check_decoder_layer accepts correct DecoderLayers and rejects each planted mistake with its own hint."""
+
+import pytest
+import torch
+from torch import nn
+
+from llama3 import DecoderLayer
+from llama3.attention import MultiHeadGQAttention
+from llama3.checks import check_decoder_layer
+from llama3.checks._common import CheckFailed
+from llama3.ffn import FFN
+from llama3.norm import RMSNorm
+
+
+class WrittenOutLayer(nn.Module):
+    """An independent correct solution: the same maths written with explicit branches and no dropout."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.d_model, args.norm_eps)
+        self.attention = MultiHeadGQAttention(args)
+        self.ffn_norm = RMSNorm(args.d_model, args.norm_eps)
+        self.feed_forward = FFN(args.d_model, args.multiple_of, args.ffn_dim_multiplier, args.ffn_hidden_dim)
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        attention_branch = self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
+        h = attention_branch + x
+        ffn_branch = self.feed_forward(self.ffn_norm(h))
+        return ffn_branch + h
+
+
+class PostNorm(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = self.attention_norm(x + self.attention(x, cos, sin, mask, kv_cache, start_pos))
+        return self.ffn_norm(h + self.feed_forward(h))
+
+
+class NoAttentionResidual(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class NoFFNResidual(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
+        return self.feed_forward(self.ffn_norm(h))
+
+
+class NoResidual(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
+        return self.feed_forward(self.ffn_norm(h))
+
+
+class NormsSwapped(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = x + self.attention(self.ffn_norm(x), cos, sin, mask, kv_cache, start_pos)
+        return h + self.feed_forward(self.attention_norm(h))
+
+
+class Parallel(DecoderLayer):
+    """GPT-J's parallel block: both branches read x."""
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
+        return h + self.feed_forward(self.ffn_norm(x))
+
+
+class ResidualOfNormed(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        x = self.attention_norm(x)
+        h = x + self.attention(x, cos, sin, mask, kv_cache, start_pos)
+        h = self.ffn_norm(h)
+        return h + self.feed_forward(h)
+
+
+class MaskDropped(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        return super().forward(x, cos, sin, None, kv_cache, start_pos)
+
+
+class CacheDropped(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        return super().forward(x, cos, sin, mask)
+
+
+class RenamedNorm(DecoderLayer):
+    def __init__(self, args):
+        super().__init__(args)
+        self.input_layernorm = self.attention_norm
+        del self.attention_norm
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        raise AssertionError("never reached: the weights cannot be loaded")
+
+
+class NotImplementedLayer(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        raise NotImplementedError("decoder_layer: replace this line with your implementation")
+
+
+@pytest.mark.parametrize("cls", [DecoderLayer, WrittenOutLayer])
+def test_correct_layers_pass(cls, capsys):
+    check_decoder_layer(cls)
+    assert "PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls, hint", [
+    (PostNorm, "POST-norm"),
+    (NoAttentionResidual, "attention residual is missing"),
+    (NoFFNResidual, "feed-forward residual is missing"),
+    (NoResidual, "Both residual connections are missing"),
+    (NormsSwapped, "are swapped"),
+    (Parallel, "feed-forward reads x instead of h"),
+    (ResidualOfNormed, "residual adds the NORMALISED input"),
+    (MaskDropped, "the mask is ignored"),
+    (CacheDropped, "attends only to itself"),
+    (RenamedNorm, "parameter names differ"),
+    (NotImplementedLayer, "not solved yet"),
+])
+def test_planted_mistakes_get_their_own_hint(cls, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        check_decoder_layer(cls)
+
