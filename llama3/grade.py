@@ -130,6 +130,20 @@ def _to_python(source: str) -> str:
     return TransformerManager().transform_cell(source)
 
 
+def read_notebook(path) -> dict:
+    """The notebook as a dict, each cell's source joined into one string. Plain json rather than nbformat: nbformat's
+    schema validation pulls in jsonschema's format checkers (seconds of start-up per notebook) and a learner's
+    slightly malformed notebook should still run."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(nb, dict) or nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+        raise ValueError("not an nbformat 4 notebook; open it in JupyterLab and save it again")
+    for cell in nb["cells"]:
+        source = cell.get("source", "")
+        cell["source"] = "".join(source) if isinstance(source, list) else source
+        cell.setdefault("metadata", {})
+    return nb
+
+
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload), encoding="utf-8")
@@ -139,13 +153,11 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 def _run_notebook_cells(notebook_path: str, result_path: str) -> None:
     """Run the code cells of one notebook and keep ``result_path`` up to date after every cell, so that the parent
     knows how far it got if this process is killed (timeout) or dies (segfault, os._exit)."""
-    import nbformat
-
     os.environ.setdefault("MPLBACKEND", "Agg")
     out = Path(result_path)
     state = {"exercises": [], "errors": [], "current_cell": None, "finished": False}
     try:
-        nb = nbformat.read(notebook_path, as_version=4)
+        nb = read_notebook(notebook_path)
     except Exception as exc:  # not JSON, not a notebook: nothing to run
         state["errors"].append(f"cannot read the notebook: {_short_error(exc)}")
         state["finished"] = state["unreadable"] = True
@@ -168,18 +180,18 @@ def _run_notebook_cells(notebook_path: str, result_path: str) -> None:
     except Exception:
         pass
 
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
+    for index, cell in enumerate(nb["cells"]):
+        if cell.get("cell_type") != "code":
             continue
-        meta = cell.metadata.get("nbgrader", {}) or {}
+        meta = cell["metadata"].get("nbgrader", {}) or {}
         is_check = bool(meta.get("grade"))
-        skipped = SKIP_TAG in cell.metadata.get("tags", [])
+        skipped = SKIP_TAG in (cell["metadata"].get("tags") or [])
         state["current_cell"] = index
         _write_json_atomic(out, state)
         error = None
         if not skipped:
             try:
-                code = compile(_to_python(cell.source), f"<cell {index}>", "exec")
+                code = compile(_to_python(cell["source"]), f"<cell {index}>", "exec")
                 exec(code, namespace)
             except KeyboardInterrupt:
                 raise
@@ -225,16 +237,14 @@ _BOOTSTRAP = (
 
 def _check_cells(notebook_path: Path) -> list[tuple[int, str, float]]:
     """(cell index, grade_id, points) of each check cell, read without running anything."""
-    import nbformat
-
     try:
-        nb = nbformat.read(notebook_path, as_version=4)
+        nb = read_notebook(notebook_path)
     except Exception:
         return []
     found = []
-    for index, cell in enumerate(nb.cells):
-        meta = cell.metadata.get("nbgrader", {}) or {}
-        if cell.cell_type == "code" and meta.get("grade"):
+    for index, cell in enumerate(nb["cells"]):
+        meta = cell["metadata"].get("nbgrader", {}) or {}
+        if cell.get("cell_type") == "code" and meta.get("grade"):
             found.append((index, meta.get("grade_id") or f"cell_{index}", float(meta.get("points", 1))))
     return found
 
