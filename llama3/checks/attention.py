@@ -1,0 +1,225 @@
+"""check_attention: the learner's ``MultiHeadGQAttention(args)`` against ``llama3.MultiHeadGQAttention``.
+
+The reference's weights are loaded into the learner's module, and both run the situations a Llama meets: plain
+causal self-attention (training), a left/right-padded batch with an explicit mask, a prefill into a ``KV_Cache``
+followed by one-token decoding, a padded prefill and decode, and a chunk of queries on top of a filled cache. All of
+that with ``use_flash=False`` and ``True``, with multi-head (group_size=1), grouped (GQA) and multi-query heads.
+
+When an output disagrees, the checker recomputes attention by hand with one deliberate mistake at a time (no
+causal mask, no 1/sqrt(d) scale, softmax over the queries, ``repeat`` instead of ``repeat_interleave``, padding
+ignored, ...) and names the mistake whose output the learner's matches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from llama3.attention import MultiHeadGQAttention as ReferenceAttention
+from llama3.attention import build_attention_mask
+from llama3.checks._common import build, call, close, copy_weights, fail, passed
+from llama3.config import ModelArgs
+from llama3.kv_cache import KV_Cache
+from llama3.rope import RoPE, apply_rotary
+
+ATOL = 1e-5  # float32; SDPA and the spelled-out softmax agree to ~1e-7
+
+# (d_model, heads, group_size): GQA (6 query heads in 2 groups of 3), plain multi-head (odd head count), multi-query
+CONFIGS = ((48, 6, 3), (24, 3, 1), (24, 4, 4))
+
+# (name, hint, knobs for _by_hand); the first whose output the learner's matches is reported
+MISTAKES = (
+    ("no causal mask",
+     "the causal mask is missing: query t may only attend to keys s <= t, otherwise it reads the future. With "
+     "mask=None and T > 1, mask the upper triangle (torch.ones(T, S, dtype=torch.bool).tril()) in the manual path "
+     "and pass is_causal=True to F.scaled_dot_product_attention.", dict(causal=False)),
+    ("padding ignored",
+     "the padding mask is ignored: when a mask (B, 1, T, S) is passed, keys where it is False must not be attended "
+     "to: scores.masked_fill(~mask, float('-inf')) by hand, attn_mask=mask for F.scaled_dot_product_attention.",
+     dict(padding=False)),
+    ("no scale",
+     "the scores are not scaled: divide q @ k.transpose(-2, -1) by sqrt(head_dim) (math.sqrt(self.head_dim)) "
+     "before the softmax, or the softmax saturates as head_dim grows.", dict(scale="none")),
+    ("scale 1/d",
+     "the scores are divided by head_dim; divide by its square root, math.sqrt(self.head_dim).", dict(scale="d")),
+    ("scale d_model",
+     "the scores are divided by sqrt(d_model); the scale is per head: 1 / math.sqrt(self.head_dim).",
+     dict(scale="d_model")),
+    ("softmax over queries",
+     "the softmax runs over the wrong axis: the scores are (B, H, T queries, S keys) and each query's weights over "
+     "the keys must sum to 1: F.softmax(scores, dim=-1).", dict(softmax_dim=-2)),
+    ("repeat",
+     "the K/V heads are expanded with repeat (kv0, kv1, kv0, kv1, ...). Query head h belongs to group "
+     "h // group_size and must read K/V head h // group_size: use k.repeat_interleave(self.group_size, dim=1) "
+     "(kv0, kv0, kv1, kv1, ...), or enable_gqa=True in F.scaled_dot_product_attention.", dict(expand="repeat")),
+    ("top-left causal",
+     "on top of a filled cache the causal triangle is aligned top-left (is_causal=True or tril(ones(T, S)) sees "
+     "only keys s <= t). The T new queries sit at positions start_pos .. start_pos+T-1 and must see keys "
+     "s <= start_pos + t: build the offset mask, build_attention_mask(None, T, start_pos), and pass it as the mask.",
+     dict(causal="top-left")),
+    ("cache ignored",
+     "the KV cache is not used: with a kv_cache, store the new k, v with kv_cache.update(start_pos, k, v) and attend "
+     "over the keys and values it returns (every position so far), not just the new ones.", dict(cache=False)),
+    ("no rope",
+     "RoPE is not applied: rotate q and k with apply_rotary(q, cos, sin) and apply_rotary(k, cos, sin) while they "
+     "are still (B, T, heads, head_dim), before the transpose.", dict(rope="none")),
+    ("rope on q only",
+     "RoPE is applied to q only: k needs the same rotation (the dot product then depends on the offset only).",
+     dict(rope="q")),
+    ("rope on v too",
+     "RoPE is applied to v as well: only q and k are rotated; the values carry content, not position.",
+     dict(rope="qkv")),
+)
+
+
+def _args(d_model: int, heads: int, group_size: int, use_flash: bool) -> ModelArgs:
+    return ModelArgs(vocab_size=16, d_model=d_model, heads=heads, group_size=group_size, num_layers=1,
+                     max_seq_len=16, use_flash=use_flash, multiple_of=16)
+
+
+@torch.no_grad()
+def _by_hand(ref: ReferenceAttention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_start: int,
+             key_mask: torch.Tensor | None, *, causal=True, padding=True, scale="sqrt", softmax_dim=-1,
+             expand="interleave", cache=True, rope="qk") -> torch.Tensor:
+    """Attention of the queries at positions [q_start, S) of x (B, S, d) over keys [0, S), with the reference's
+    weights, and optionally one mistake. key_mask (B, S) marks real (1) and padded (0) keys, or is None."""
+    batch, seq, _ = x.shape
+    heads, n_kv, head_dim = ref.heads, ref.n_kv_heads, ref.head_dim
+    q = ref.wq(x).view(batch, seq, heads, head_dim)
+    k = ref.wk(x).view(batch, seq, n_kv, head_dim)
+    v = ref.wv(x).view(batch, seq, n_kv, head_dim)
+    if rope != "none":
+        q = apply_rotary(q, cos, sin)
+    if rope in ("qk", "qkv"):
+        k = apply_rotary(k, cos, sin)
+    if rope == "qkv":
+        v = apply_rotary(v, cos, sin)
+    key_start = q_start if not cache else 0
+    q = q[:, q_start:].transpose(1, 2)  # (B, H, T, D)
+    k, v = k[:, key_start:].transpose(1, 2), v[:, key_start:].transpose(1, 2)  # (B, KV, S, D)
+    if expand == "interleave":
+        k, v = k.repeat_interleave(ref.group_size, 1), v.repeat_interleave(ref.group_size, 1)
+    else:
+        k, v = k.repeat(1, ref.group_size, 1, 1), v.repeat(1, ref.group_size, 1, 1)
+    divisor = {"sqrt": math.sqrt(head_dim), "none": 1.0, "d": head_dim, "d_model": math.sqrt(x.shape[-1])}[scale]
+    scores = q @ k.transpose(-2, -1) / divisor  # (B, H, T, S)
+    query_pos = torch.arange(q_start, seq)[:, None]  # absolute positions
+    key_pos = torch.arange(key_start, seq)[None, :]
+    allowed = torch.ones(seq - q_start, seq - key_start, dtype=torch.bool)
+    if causal is True:
+        allowed = key_pos <= query_pos
+    elif causal == "top-left" and seq - q_start > 1:
+        allowed = (key_pos - key_start) <= (query_pos - q_start)
+    allowed = allowed[None, None]
+    if key_mask is not None and padding:
+        allowed = (allowed & key_mask[:, None, None, key_start:].bool()) | (key_pos == query_pos)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = F.softmax(scores, dim=softmax_dim).nan_to_num(0.0)
+    out = (probs @ v).transpose(1, 2).reshape(batch, seq - q_start, heads * head_dim)
+    return ref.wo(out)
+
+
+def _compare(out, ref, x, cos, sin, q_start, key_mask, where):
+    """Fail with the best hint when ``out`` (the learner's output for queries [q_start, S)) is wrong."""
+    expected = _by_hand(ref, x, cos, sin, q_start, key_mask)
+    if not isinstance(out, torch.Tensor):
+        fail(f"{where}: expected a tensor, got {type(out).__name__}.")
+    if out.shape != expected.shape:
+        fail(f"{where}: output shape {tuple(out.shape)}, expected {tuple(expected.shape)} = (B, T, d_model). "
+             f"Merge the heads back with out.transpose(1, 2).reshape(B, T, heads * head_dim) and apply self.wo.")
+    if close(out, expected, atol=ATOL, rtol=ATOL):
+        return
+    if not torch.isfinite(out).all():
+        fail(f"{where}: the output contains NaN or inf. Is the mask inverted? It is True where a query MAY attend: "
+             f"masked_fill(~mask, float('-inf')), or attn_mask=mask for F.scaled_dot_product_attention.")
+    for _, hint, knobs in MISTAKES:
+        if close(out, _by_hand(ref, x, cos, sin, q_start, key_mask, **knobs), atol=ATOL, rtol=ATOL):
+            fail(f"{where}: {hint}")
+    err = (out.float() - expected).abs().max().item()
+    fail(f"{where}: the output differs from the reference (max abs error {err:.3g}). Check, in order: q, k, v "
+         f"reshaped to (B, T, heads or n_kv_heads, head_dim); RoPE on q and k; transpose to (B, heads, T, D); "
+         f"K/V heads repeat_interleave'd by group_size; scores / sqrt(head_dim); mask; softmax over the keys "
+         f"(dim=-1); heads merged back; self.wo.")
+
+
+def _check_weight_shapes(mine, ref, where):
+    for name in ("wq", "wk", "wv", "wo"):
+        layer = getattr(mine, name, None)
+        if not isinstance(layer, torch.nn.Linear):
+            fail(f"{where}: self.{name} must be an nn.Linear (Meta's names wq, wk, wv, wo; no bias).")
+        if layer.bias is not None:
+            fail(f"{where}: self.{name} has a bias; Llama's projections have none: nn.Linear(..., bias=False).")
+        expected = tuple(getattr(ref, name).weight.shape)
+        if tuple(layer.weight.shape) != expected:
+            fail(f"{where}: self.{name}.weight has shape {tuple(layer.weight.shape)}, expected {expected}. wq maps "
+                 f"d_model -> heads * head_dim, wk and wv map d_model -> n_kv_heads * head_dim (the K/V heads are "
+                 f"fewer: n_kv_heads = heads // group_size), wo maps heads * head_dim -> d_model.")
+
+
+def check_attention(MultiHeadGQAttention) -> None:
+    """Check a learner's ``MultiHeadGQAttention(args)`` with forward(x, cos, sin, mask=None, kv_cache=None,
+    start_pos=0), on both paths (use_flash False and True), MHA, GQA and MQA, with masks and a KV cache."""
+    gen = torch.Generator().manual_seed(0)
+    for d_model, heads, group_size in CONFIGS:
+        for use_flash in (False, True):
+            args = _args(d_model, heads, group_size, use_flash)
+            config = f"heads={heads}, group_size={group_size} (n_kv_heads={args.n_kv_heads}), use_flash={use_flash}"
+            with torch.random.fork_rng():  # the reference's init must not move the learner's random stream
+                torch.manual_seed(d_model + heads + group_size)
+                ref = ReferenceAttention(args).eval()
+            mine = build(MultiHeadGQAttention, args, what=f"MultiHeadGQAttention({config})")
+            _check_weight_shapes(mine, ref, f"MultiHeadGQAttention({config})")
+            copy_weights(mine, ref, f"MultiHeadGQAttention({config})")
+            mine.eval()
+            rope = RoPE(args.head_dim, args.rope_theta)
+            cos, sin = rope.cos_sin(torch.arange(7))  # (1, 7, 1, D/2)
+            x = torch.randn(2, 7, d_model, generator=gen)  # (B, S, d_model)
+            with torch.no_grad():
+                # 1. training: causal self-attention, no mask passed
+                where = f"[{config}] causal self-attention with mask=None"
+                out = call(mine, x, cos, sin, what=where)
+                _compare(out, ref, x, cos, sin, 0, None, where)
+
+                # 2. a padded batch: row 0 left-padded (generation), row 1 right-padded (training)
+                key_mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
+                mask = build_attention_mask(key_mask, 7)  # (B, 1, T, S) bool
+                where = f"[{config}] a padded batch with mask=build_attention_mask(attention_mask, T)"
+                out = call(mine, x, cos, sin, mask, what=where)
+                _compare(out, ref, x, cos, sin, 0, key_mask, where)
+
+                # 3. prefill 4 positions into a KV cache, then decode one token at a time
+                cache = KV_Cache(2, args.n_kv_heads, 10, args.head_dim)
+                where = f"[{config}] prefill of 4 tokens into an empty KV_Cache"
+                out = call(mine, x[:, :4], cos[:, :4], sin[:, :4], None, cache, 0, what=where)
+                _compare(out, ref, x[:, :4], cos[:, :4], sin[:, :4], 0, None, where)
+                for pos in range(4, 6):
+                    where = f"[{config}] one-token decode at start_pos={pos} after a cached prefill"
+                    out = call(mine, x[:, pos:pos + 1], cos[:, pos:pos + 1], sin[:, pos:pos + 1], None, cache, pos,
+                               what=where)
+                    _compare(out, ref, x[:, :pos + 1], cos[:, :pos + 1], sin[:, :pos + 1], pos, None, where)
+
+                # 4. the same with a left-padded batch: the mask travels with every step
+                cache = KV_Cache(2, args.n_kv_heads, 10, args.head_dim)
+                left = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+                where = f"[{config}] padded prefill into a KV_Cache with mask=build_attention_mask(attention_mask, T)"
+                out = call(mine, x[:, :4], cos[:, :4], sin[:, :4], build_attention_mask(left[:, :4], 4), cache, 0,
+                           what=where)
+                _compare(out, ref, x[:, :4], cos[:, :4], sin[:, :4], 0, left[:, :4], where)
+                for pos in range(4, 6):
+                    where = f"[{config}] padded one-token decode at start_pos={pos} with its (B, 1, 1, S) mask"
+                    step_mask = build_attention_mask(left[:, :pos + 1], 1, pos)
+                    out = call(mine, x[:, pos:pos + 1], cos[:, pos:pos + 1], sin[:, pos:pos + 1], step_mask, cache,
+                               pos, what=where)
+                    _compare(out, ref, x[:, :pos + 1], cos[:, :pos + 1], sin[:, :pos + 1], pos, left[:, :pos + 1],
+                             where)
+
+                # 5. a chunk of 3 queries on top of 3 cached positions (chunked prefill, speculative decoding)
+                cache = KV_Cache(2, args.n_kv_heads, 10, args.head_dim)
+                call(mine, x[:, :3], cos[:, :3], sin[:, :3], None, cache, 0, what=f"[{config}] prefill of 3 tokens")
+                where = f"[{config}] 3 new tokens at start_pos=3 on top of a filled KV_Cache, mask=None"
+                out = call(mine, x[:, 3:6], cos[:, 3:6], sin[:, 3:6], None, cache, 3, what=where)
+                _compare(out, ref, x[:, :6], cos[:, :6], sin[:, :6], 3, None, where)
+    passed("MultiHeadGQAttention: causal, padded, cached prefill + decode and chunked prefill agree with "
+           "llama3.MultiHeadGQAttention for MHA, GQA and MQA, manual and flash (SDPA) paths.")

@@ -1,0 +1,134 @@
+"""check_attention accepts correct attention classes and rejects each planted mistake with its own hint."""
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama3 import MultiHeadGQAttention
+from llama3.checks import check_attention
+from llama3.checks._common import CheckFailed
+from llama3.rope import apply_rotary
+
+
+class EinsumAttention(nn.Module):
+    """An independent correct solution (einsum, an additive float mask, heads grouped by a view instead of
+    repeat_interleave). The class attribute ``mistake`` plants one error for the tests below."""
+
+    mistake = None
+
+    def __init__(self, args):
+        super().__init__()
+        self.heads, self.n_kv_heads, self.head_dim = args.heads, args.n_kv_heads, args.head_dim
+        self.group_size = args.group_size
+        self.wq = nn.Linear(args.d_model, args.heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.heads * args.head_dim, args.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        batch, seq, _ = x.shape
+        q = apply_rotary(self.wq(x).view(batch, seq, self.heads, self.head_dim), cos, sin)
+        k = apply_rotary(self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, T, D)
+        if kv_cache is not None and self.mistake != "cache ignored":
+            k, v = kv_cache.update(start_pos, k, v)
+        kv_len = k.shape[2]
+        if self.mistake == "repeat":
+            k, v = k.repeat(1, self.group_size, 1, 1), v.repeat(1, self.group_size, 1, 1)
+            q = q.transpose(1, 2)  # (B, H, T, D)
+            scores = torch.einsum("bhtd,bhsd->bhts", q, k)
+        else:  # query head h = g * group_size + j reads K/V head g
+            q = q.transpose(1, 2).reshape(batch, self.n_kv_heads, self.group_size, seq, self.head_dim)
+            scores = torch.einsum("bkgtd,bksd->bkgts", q, k).flatten(1, 2)  # (B, H, T, S)
+        if self.mistake != "no scale":
+            scores = scores / math.sqrt(self.head_dim)
+        if mask is None or self.mistake == "padding ignored":
+            past = 0 if self.mistake == "top-left" and seq > 1 else kv_len - seq
+            mask = torch.ones(seq, kv_len, dtype=torch.bool).tril(past)
+            if self.mistake == "no causal":
+                mask = torch.ones_like(mask)
+        elif self.mistake == "no causal":
+            mask = mask | torch.ones(seq, kv_len, dtype=torch.bool).tril(kv_len - seq).logical_not()
+        scores = scores + torch.zeros_like(scores).masked_fill(~mask, float("-inf"))
+        probs = F.softmax(scores, dim=-2 if self.mistake == "softmax over queries" else -1)
+        if self.mistake == "repeat":
+            out = torch.einsum("bhts,bhsd->bhtd", probs, v)
+        else:
+            probs = probs.view(batch, self.n_kv_heads, self.group_size, seq, kv_len)
+            out = torch.einsum("bkgts,bksd->bkgtd", probs, v).flatten(1, 2)
+        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+def planted(name):
+    return type(f"Planted_{name.replace(' ', '_')}", (EinsumAttention,), {"mistake": name})
+
+
+class TopLeftFlashAttention(MultiHeadGQAttention):
+    """The fused path only, with is_causal=True whatever the cache holds: right for training and one-token decoding,
+    wrong for queries on top of a filled cache (SDPA aligns its triangle top-left)."""
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        batch, seq, _ = x.shape
+        q = apply_rotary(self.wq(x).view(batch, seq, self.heads, self.head_dim), cos, sin).transpose(1, 2)
+        k = apply_rotary(self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(start_pos, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
+                                             enable_gqa=True)
+        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MissingRopeOnKeys(MultiHeadGQAttention):
+    """Rotates the queries only."""
+
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        batch, seq, _ = x.shape
+        q = apply_rotary(self.wq(x).view(batch, seq, self.heads, self.head_dim), cos, sin).transpose(1, 2)
+        k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # the keys stay unrotated
+        v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(start_pos, k, v)
+        if mask is None and seq > 1 and k.shape[2] != seq:
+            from llama3 import build_attention_mask
+
+            mask = build_attention_mask(None, seq, k.shape[2] - seq)
+        out = self.attention_by_hand(q, k, v, mask, 0.0)
+        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+@pytest.mark.parametrize("solution", [MultiHeadGQAttention, EinsumAttention])
+def test_correct_solutions_pass(solution, capsys):
+    check_attention(solution)
+    assert capsys.readouterr().out.startswith("PASSED MultiHeadGQAttention")
+
+
+@pytest.mark.parametrize("planted_class,phrase", [
+    (planted("no causal"), "the causal mask is missing"),
+    (planted("no scale"), "the scores are not scaled"),
+    (planted("softmax over queries"), "the softmax runs over the wrong axis"),
+    (planted("repeat"), "expanded with repeat (kv0, kv1, kv0, kv1"),
+    (planted("padding ignored"), "the padding mask is ignored"),
+    (planted("cache ignored"), "the KV cache is not used"),
+    (planted("top-left"), "aligned top-left"),
+    (TopLeftFlashAttention, "aligned top-left"),
+    (MissingRopeOnKeys, "RoPE is applied to q only"),
+])
+def test_planted_mistakes_are_named(planted_class, phrase):
+    with pytest.raises(CheckFailed, match=re.escape(phrase)):
+        check_attention(planted_class)
+
+
+def test_wrong_kv_projection_size_is_explained():
+    class FullSizeKV(MultiHeadGQAttention):  # forgot that K/V have n_kv_heads, not heads
+        def __init__(self, args):
+            super().__init__(args)
+            self.wk = nn.Linear(args.d_model, args.heads * args.head_dim, bias=False)
+
+    with pytest.raises(CheckFailed, match="wk and wv map d_model -> n_kv_heads"):
+        check_attention(FullSizeKV)
