@@ -112,3 +112,54 @@ def test_checker_leaves_the_global_random_state_alone():
     torch.manual_seed(123)
     check_rope(RoPE)
     assert torch.equal(torch.rand(3), expected)
+
+
+# ----------------------------------------------------------------------------------------------- apply_rotary
+def complex_apply_rotary(x, cos, sin):
+    """An independent correct solution: multiply each pair, read as a complex number, by cos + i sin."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).type_as(x)
+
+
+def half_split_apply_rotary(x, cos, sin):
+    x0, x1 = x.float().chunk(2, dim=-1)
+    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).type_as(x)
+
+
+def concatenating_apply_rotary(x, cos, sin):
+    x0, x1 = x.float()[..., 0::2], x.float()[..., 1::2]
+    return torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).type_as(x)
+
+
+def backwards_apply_rotary(x, cos, sin):
+    from llama3.rope import apply_rotary
+
+    return apply_rotary(x, cos, -sin)
+
+
+def float32_apply_rotary(x, cos, sin):
+    from llama3.rope import apply_rotary
+
+    return apply_rotary(x.float(), cos, sin)
+
+
+@pytest.mark.parametrize("solution", ["reference", complex_apply_rotary])
+def test_apply_rotary_correct_solutions_pass(solution, capsys):
+    from llama3.checks import check_apply_rotary
+    from llama3.rope import apply_rotary
+
+    check_apply_rotary(apply_rotary if solution == "reference" else solution)
+    assert capsys.readouterr().out.startswith("PASSED apply_rotary")
+
+
+@pytest.mark.parametrize("planted,phrase", [
+    (half_split_apply_rotary, "Hugging Face's rotate_half"),
+    (concatenating_apply_rotary, "concatenated (torch.cat) instead of interleaved"),
+    (backwards_apply_rotary, "turns the wrong way"),
+    (float32_apply_rotary, "return x's dtype"),
+])
+def test_apply_rotary_planted_mistakes_are_named(planted, phrase):
+    from llama3.checks import check_apply_rotary
+
+    with pytest.raises(CheckFailed, match=__import__("re").escape(phrase)):
+        check_apply_rotary(planted)

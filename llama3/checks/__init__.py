@@ -11,6 +11,7 @@ import importlib
 # checker name -> module in this package that defines it
 _CHECKERS = {
     "check_rope": "rope",
+    "check_apply_rotary": "rope",
     "check_rmsnorm": "ffn",
     "check_ffn": "ffn",
     "check_kv_cache": "kv_cache",

@@ -131,6 +131,49 @@ def _check_forward(mine, ref, x, positions, head_dim, theta, where):
         _diagnose(mine, out, x, _positions_for(x, positions), head_dim, theta, where)
 
 
+def check_apply_rotary(apply_rotary) -> None:
+    """Check a learner's ``apply_rotary(x, cos, sin)``: rotate the adjacent pairs of x (B, T, H, D) by angles whose
+    cos and sin are (1 or B, T, 1, D/2)."""
+    gen = torch.Generator().manual_seed(0)
+    for head_dim in (8, 6):
+        x = torch.randn(2, 5, 3, head_dim, generator=gen)  # (B, T, H, D)
+        freqs = _frequencies(head_dim, 10000.0, "2i/D")
+        for positions, where in ((torch.arange(5)[None], "cos, sin of shape (1, T, 1, D/2)"),
+                                 (torch.tensor([[0, 0, 0, 1, 2], [3, 4, 5, 6, 7]]), "cos, sin of shape (B, T, 1, D/2)")):
+            angles = positions[..., None].float() * freqs  # (1|B, T, D/2)
+            cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]
+            what = f"apply_rotary (head_dim={head_dim}, {where})"
+            out = call(apply_rotary, x, cos, sin, what=what)
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                fail(f"{what}: must return a tensor of x's shape {tuple(x.shape)}, got "
+                     f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}. Split the last "
+                     f"dimension into pairs (x.unflatten(-1, (-1, 2))), rotate, and flatten them back.")
+            if close(out, _rotate(x, positions, freqs), atol=1e-5, rtol=1e-5):
+                continue
+            for pairing, direction, hint in (
+                    ("half", 1.0, "you rotate dimension i with dimension i + D/2 (Hugging Face's rotate_half). Rotate "
+                                  "ADJACENT pairs (2i, 2i+1): x0 = x[..., 0::2], x1 = x[..., 1::2], and interleave "
+                                  "the results back with torch.stack((r0, r1), dim=-1).flatten(-2)."),
+                    ("adjacent", -1.0, "the rotation turns the wrong way: (x0, x1) -> (x0 cos - x1 sin, x0 sin + "
+                                       "x1 cos); yours has the signs of the sin terms swapped.")):
+                if close(out, _rotate(x, positions, freqs, pairing=pairing, direction=direction), atol=1e-5, rtol=1e-5):
+                    fail(f"{what}: {hint}")
+            pairs = x.unflatten(-1, (-1, 2))
+            concatenated = torch.cat((pairs[..., 0] * cos - pairs[..., 1] * sin,
+                                      pairs[..., 0] * sin + pairs[..., 1] * cos), dim=-1)
+            if close(out, concatenated, atol=1e-5, rtol=1e-5):
+                fail(f"{what}: the rotated halves are concatenated (torch.cat) instead of interleaved: pair i must go "
+                     f"back to dimensions (2i, 2i+1): torch.stack((r0, r1), dim=-1).flatten(-2).")
+            fail(f"{what}: the output differs from the rotation of adjacent pairs (max abs error "
+                 f"{(out.float() - _rotate(x, positions, freqs)).abs().max():.3g}). Pair (x[..., 2i], x[..., 2i+1]) "
+                 f"must become (x0 cos_i - x1 sin_i, x0 sin_i + x1 cos_i).")
+        out = call(apply_rotary, x.bfloat16(), cos, sin, what=f"apply_rotary (head_dim={head_dim}, bfloat16 x)")
+        if out.dtype != torch.bfloat16:
+            fail(f"apply_rotary with a bfloat16 x: returned {out.dtype}. Rotate in float32 (x.float()) and return "
+                 f"x's dtype with .type_as(x).")
+    passed("apply_rotary: adjacent pairs rotated the right way, interleaved back, dtype kept.")
+
+
 def check_rope(RoPE) -> None:
     """Check a learner's ``RoPE`` class: forward(x (B, T, H, D), positions) and cos_sin(positions)."""
     gen = torch.Generator().manual_seed(0)
@@ -183,4 +226,4 @@ def check_rope(RoPE) -> None:
            f"cos_sin shapes, bfloat16 and Llama 3.1 scaling agree with llama3.RoPE (max error < {ATOL:g}).")
 
 
-__all__ = ["check_rope", "LLAMA31_SCALING"]
+__all__ = ["check_apply_rotary", "check_rope", "LLAMA31_SCALING"]
