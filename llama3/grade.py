@@ -206,8 +206,13 @@ def _run_notebook_cells(notebook_path: str, result_path: str) -> None:
                                 max_points, passed, hint))
             )
         elif error is not None:
-            last = traceback.extract_tb(error.__traceback__)[-1:]  # where in the cell, for the instructor
-            where = f" (line {last[0].lineno})" if last and last[0].filename == f"<cell {index}>" else ""
+            # where it went wrong, for the instructor: the innermost line of notebook code
+            frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith("<cell ")]
+            where = ""
+            if frames and frames[-1].filename == f"<cell {index}>":
+                where = f" (line {frames[-1].lineno})"
+            elif frames:
+                where = f" (in {frames[-1].filename[1:-1]}, line {frames[-1].lineno})"
             state["errors"].append(f"cell {index}{where}: {_short_error(error)}")
         try:
             import matplotlib.pyplot as plt

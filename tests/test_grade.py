@@ -48,6 +48,8 @@ def test_student_fixture_gets_zero_with_the_hints():
     assert hints["check_square"] == "not implemented yet (square: multiply x by itself)"
     assert "counter:" in hints["check_counter"]
     # cells that use the learner's unfinished code are reported, and do not stop the next cells
+    assert "cell 9 (in cell 7, line 8): not implemented yet (counter: replace this line with your implementation)" \
+        in result.errors
     assert any(err.startswith("cell 12") and "square: multiply x by itself" in err for err in result.errors)
 
 

@@ -160,8 +160,10 @@ def test_check_names_stale_missing_and_extra_files(tmp_path, capsys):
         ([new_code_cell("x = 1", metadata=exercise_meta("f"))], "would hand out the solution"),
         ([new_code_cell("### BEGIN SOLUTION\nx = 1\n### END SOLUTION",
                         metadata={"nbgrader": {"solution": True, "grade": False}})], "no \"grade_id\""),
+        ([new_code_cell("def f():\n### BEGIN SOLUTION\n    return 1\n### END SOLUTION", metadata=exercise_meta("f"))],
+         "not valid Python"),
     ],
-    ids=["begin-without-end", "end-without-begin", "nested", "no-metadata", "no-block", "no-grade-id"],
+    ids=["begin-without-end", "end-without-begin", "nested", "no-metadata", "no-block", "no-grade-id", "syntax"],
 )
 def test_malformed_markers_are_refused_naming_notebook_and_cell(tmp_path, capsys, cells, message):
     sols = tmp_path / "solutions"

@@ -119,6 +119,25 @@ def _raises_at_run(student_source: str, indents: list[int]) -> bool:
     return outside_functions(tree)
 
 
+def _check_syntax(student_source: str, where: str) -> None:
+    """Refuse a skeleton that is not valid Python (e.g. a block that was the only statement of a body whose
+    indentation the replacement cannot keep); IPython syntax is translated first when IPython is installed."""
+    source = student_source
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        source = TransformerManager().transform_cell(student_source)
+    except ImportError:
+        pass
+    try:
+        compile(source, "<student cell>", "exec")
+    except SyntaxError as err:
+        raise MarkerError(
+            f"{where}: the student version is not valid Python ({err.msg}, line {err.lineno}); check the "
+            "indentation of the markers"
+        ) from None
+
+
 def _add_tag(cell, tag: str) -> None:
     tags = cell.metadata.setdefault("tags", [])
     if tag not in tags:
@@ -152,8 +171,10 @@ def make_student_notebook(nb, nb_name: str):
             cell.source, indents = replace_blocks(
                 cell.source, meta["grade_id"], markdown=cell.cell_type == "markdown", where=where
             )
-            if cell.cell_type == "code" and _raises_at_run(cell.source, indents):
-                _add_tag(cell, RAISES_TAG)
+            if cell.cell_type == "code":
+                _check_syntax(cell.source, where)
+                if _raises_at_run(cell.source, indents):
+                    _add_tag(cell, RAISES_TAG)
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
