@@ -347,7 +347,7 @@ def print_report(results: list[NotebookResult], *, show_errors: bool = True, fil
                      f"{_format_points(r.points)}/{_format_points(r.max_points)}", f"{r.seconds:.0f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for i, row in enumerate(rows):
-        line = "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4]
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
         print(line.rstrip(), file=file)
         if i == 0:
             print("-" * min(len(line), 120), file=file)

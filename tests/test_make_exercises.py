@@ -85,7 +85,7 @@ def test_outputs_and_counts_cleared_metadata_kept(demo):
     solution, student = demo
     assert any(c.get("outputs") for c in solution.cells), "the fixture solution should be executed"
     assert len(student.cells) == len(solution.cells)
-    for sol, stu in zip(solution.cells, student.cells):
+    for sol, stu in zip(solution.cells, student.cells, strict=True):
         assert stu.id == sol.id
         assert stu.cell_type == sol.cell_type
         assert stu.metadata.get("nbgrader") == sol.metadata.get("nbgrader")
