@@ -368,3 +368,44 @@ def test_bad_meta_folders(tmp_path):
 
 def test_validate_rope_scaling_default_means_none():
     assert validate_rope_scaling({"rope_type": "default"}) is None
+
+
+# ------------------------------------------------------------------------------------- the real releases' configs
+# meta-llama/Llama-3.2-1B's config.json (transformers 4 layout, as published) and its original/params.json.
+LLAMA32_1B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
+    "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+    "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True,
+    "vocab_size": 128256}
+LLAMA32_1B_PARAMS = {"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8,
+                     "n_layers": 16, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True,
+                     "vocab_size": 128256}
+LLAMA31_8B_PARAMS = {"dim": 4096, "ffn_dim_multiplier": 1.3, "multiple_of": 1024, "n_heads": 32, "n_kv_heads": 8,
+                     "n_layers": 32, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True,
+                     "vocab_size": 128256}
+
+
+def count_parameters(args: ModelArgs) -> int:
+    with torch.device("meta"):  # shapes only, no memory
+        return Llama3(args).num_parameters()
+
+
+def test_real_release_configs_give_the_published_sizes():
+    """Llama 3.2 1B has 1,235,814,400 parameters and Llama 3.1 8B 8,030,261,248 (their model cards' 1.24B / 8.03B);
+    the HF config and Meta's params.json of 3.2 1B describe the same model once Meta's factor is set to 32."""
+    from llama3.convert import args_from_meta_params
+
+    from_hf = ModelArgs.from_hf_config(LLAMA32_1B_CONFIG)
+    from_meta = args_from_meta_params(LLAMA32_1B_PARAMS, rope_scaling={"factor": 32.0}, tie_embeddings=True)
+    assert from_hf.hidden_dim == from_meta.hidden_dim == 8192
+    assert (from_hf.group_size, from_hf.head_dim, from_hf.max_seq_len) == (4, 64, 131072)
+    assert from_hf.rope_scaling == from_meta.rope_scaling and from_hf.rope_theta == from_meta.rope_theta
+    assert count_parameters(from_hf) == count_parameters(from_meta) == 1_235_814_400
+
+    llama31 = args_from_meta_params(LLAMA31_8B_PARAMS)
+    assert llama31.hidden_dim == 14336 and llama31.rope_scaling["factor"] == 8.0
+    assert count_parameters(llama31) == 8_030_261_248
