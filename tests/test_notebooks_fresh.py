@@ -5,6 +5,7 @@ runs pass (docs/notebook_conventions.md), cheaply and with a clear message.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,8 +44,28 @@ def test_nbval_lax_passes_on_the_twin_only_thanks_to_raises_exception_tags(tmp_p
     assert failed and all(line.startswith("FAILED untagged.ipynb::") for line in failed), proc.stdout[-3000:]
 
 
-def _cells(path):
-    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        ("<__main__.A object at 0x7f97d4515f10>", "<__main__.A object at 0xADDRESS>"),
+        ("/tmp/ipykernel_5607/1406025109.py:3: UserWarning: careful", "FILE.py:LINE: UserWarning: careful"),
+        ("/work/main/.venv/lib/python3.11/site-packages/torch/nn/modules/module.py:1234: FutureWarning: x",
+         "FILE.py:LINE: FutureWarning: x"),
+        ("100%|##########| 3/3 [00:00<00:00, 94.18it/s]", "100%|##########| 3/3 [TQDM]"),
+        ("Wall time: 15.3 ms", "Wall time: TIME"),
+        ("  File /tmp/ipykernel_12/34.py, line 2", "  File IPYKERNEL_CELL.py, line 2"),
+        # what must stay compared
+        ("max diff 1.2e-07, shape (2, 8, 50258), 0x10 = 16", "max diff 1.2e-07, shape (2, 8, 50258), 0x10 = 16"),
+    ],
+)
+def test_sanitiser_rewrites_only_what_varies(printed, expected):
+    from nbval.plugin import get_sanitize_patterns
+
+    patterns = get_sanitize_patterns((REPO / "tests" / "nbval_sanitize.cfg").read_text())
+    assert len(patterns) == 5
+    for regex, replace in patterns:  # as nbval applies them
+        printed = re.sub(regex, replace, printed)
+    assert printed == expected
 
 
 @pytest.mark.skipif(not SOLUTIONS, reason="solutions/ holds no notebook yet")
