@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,12 +174,9 @@ def _run_notebook_cells(notebook_path: str, result_path: str) -> None:
         def display(*objs, **kwargs):
             print(*map(repr, objs))
     namespace["display"] = display
-    try:  # figures are drawn off-screen; plt.show() only warns that Agg cannot show
-        import warnings
-
-        warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
-    except Exception:
-        pass
+    # figures are drawn off-screen, so plt.show() would only warn that Agg cannot show them
+    warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
+    sys.argv = [notebook_path]  # a notebook that parses sys.argv must not see the grader's arguments
 
     for index, cell in enumerate(nb["cells"]):
         if cell.get("cell_type") != "code":
@@ -214,12 +212,8 @@ def _run_notebook_cells(notebook_path: str, result_path: str) -> None:
             elif frames:
                 where = f" (in {frames[-1].filename[1:-1]}, line {frames[-1].lineno})"
             state["errors"].append(f"cell {index}{where}: {_short_error(error)}")
-        try:
-            import matplotlib.pyplot as plt
-
-            plt.close("all")  # figures are not looked at; closing keeps memory flat over a long notebook
-        except Exception:
-            pass
+        if "matplotlib.pyplot" in sys.modules:  # figures are not looked at; closing keeps memory flat
+            sys.modules["matplotlib.pyplot"].close("all")
     state["current_cell"] = None
     state["finished"] = True
     _write_json_atomic(out, state)
