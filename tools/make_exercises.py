@@ -11,7 +11,8 @@ hand (docs/notebook_conventions.md is the contract). For each notebook:
 - check cells (nbgrader ``grade: true``), cells tagged ``uses-exercise``, and exercise cells whose skeleton raises
   when run (a block outside any function) get the tag ``raises-exception``, so ``pytest --nbval-lax notebooks/``
   passes on an unsolved notebook;
-- everything else (markdown, nbgrader metadata, cell ids, notebook metadata) is kept.
+- the saved widget state (notebook metadata ``widgets``) is dropped with the outputs;
+- everything else (markdown, nbgrader metadata, cell ids, other notebook metadata) is kept.
 
 The output is deterministic (nbformat's sorted, indented JSON), so ``--check`` can compare bytes:
 
@@ -182,6 +183,7 @@ def make_student_notebook(nb, nb_name: str):
                 _add_tag(cell, RAISES_TAG)
         for key in TRANSIENT_CELL_METADATA:
             cell.metadata.pop(key, None)
+    nb.metadata.pop("widgets", None)  # saved widget state of the solution run: random ids, no outputs to serve
     return nb
 
 
