@@ -32,6 +32,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -395,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the scores and errors to this JSON file")
     parser.add_argument("--match", default=None, metavar="REGEX",
                         help="grade only notebooks whose file name matches REGEX, e.g. '0[1-4]_'")
+    parser.add_argument("-j", "--jobs", type=int, default=1,
+                        help="notebooks graded at the same time (default 1; each one is its own process)")
     parser.add_argument("-q", "--quiet", action="store_true", help="leave out the errors of ordinary cells")
     args = parser.parse_args(argv)
 
@@ -410,10 +413,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grade: error: no notebook (.ipynb) found under {args.path}", file=sys.stderr)
         return 2
 
-    results = []
-    for student, nb in notebooks:
+    if args.jobs < 1:
+        print(f"grade: error: --jobs must be 1 or more, got {args.jobs}", file=sys.stderr)
+        return 2
+
+    def run(item):
+        student, nb = item
         print(f"grading {student}/{nb.name} ...", file=sys.stderr, flush=True)
-        results.append(grade_notebook(nb, student, timeout=args.timeout))
+        return grade_notebook(nb, student, timeout=args.timeout)
+
+    # threads only wait on the notebooks' subprocesses; results keep the order of the notebooks
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(run, notebooks))
 
     print_report(results, show_errors=not args.quiet)
     if args.csv:

@@ -125,7 +125,7 @@ def test_cli_folder_of_students_csv_json_and_exit_codes(tmp_path, capsys):
     assert grade.find_notebooks(subs) == [("alice", subs / "alice" / "01_demo.ipynb"),
                                           ("bob", subs / "bob" / "01_demo.ipynb"),
                                           ("carol", subs / "carol" / "01_demo.ipynb")]
-    code = grade.main([str(subs), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json")])
+    code = grade.main([str(subs), "--jobs", "2", "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json")])
     assert code == 1
     out = capsys.readouterr().out
     assert "alice: 4/4" in out and "bob: 0/4" in out and "carol: 0/0" in out
@@ -154,6 +154,9 @@ def test_bad_paths_are_refused(tmp_path, capsys):
     assert "not a notebook" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         grade.main([str(tmp_path), "--timeout", "0"])
+    shutil.copy(FIXTURES / "solutions" / "01_demo.ipynb", tmp_path / "empty")
+    assert grade.main([str(tmp_path / "empty"), "--jobs", "0"]) == 2
+    assert "--jobs must be 1 or more" in capsys.readouterr().err
 
 
 # The real course: solutions/ scores full marks and the untouched notebooks/ zero. Grading runs every notebook
