@@ -1,10 +1,13 @@
-"""check_lr_schedule accepts correct schedules and rejects each planted mistake with its own hint."""
+"""check_lr_schedule and check_train_step accept correct solutions and reject each planted mistake with its own
+hint."""
 
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-from llama3.checks import check_lr_schedule
+from llama3.checks import check_lr_schedule, check_train_step
 from llama3.checks._common import CheckFailed
 from llama3.train import lr_schedule
 
@@ -76,3 +79,84 @@ def test_correct_schedules_pass(fn, capsys):
 def test_planted_mistakes_get_their_own_hint(fn, hint):
     with pytest.raises(CheckFailed, match=hint):
         check_lr_schedule(fn)
+
+
+# ------------------------------------------------------------------------------------------------ a training step
+def step_written_out(model, optimizer, x, y, lr, grad_clip):
+    """An independent correct step: gradients reset first, log-softmax loss by hand, the tensor loss returned."""
+    optimizer.zero_grad()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    log_probs = model(x).logits.float().log_softmax(-1)  # (B, T, V)
+    loss = -log_probs.gather(-1, y[..., None]).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
+def _step(model, optimizer, x, y, lr, grad_clip, *, zero=True, set_lr=True, clip="before", labels=False):
+    if set_lr:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    loss = model(x, labels=y).loss if labels else F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+    loss.backward()
+    if clip == "before":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if clip == "after":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if zero:
+        optimizer.zero_grad()
+    return loss.item()
+
+
+def step_without_zero_grad(model, optimizer, x, y, lr, grad_clip):
+    return _step(model, optimizer, x, y, lr, grad_clip, zero=False)
+
+
+def step_ignoring_lr(model, optimizer, x, y, lr, grad_clip):
+    return _step(model, optimizer, x, y, lr, grad_clip, set_lr=False)
+
+
+def step_without_clipping(model, optimizer, x, y, lr, grad_clip):
+    return _step(model, optimizer, x, y, lr, grad_clip, clip=None)
+
+
+def step_clipping_after_update(model, optimizer, x, y, lr, grad_clip):
+    return _step(model, optimizer, x, y, lr, grad_clip, clip="after")
+
+
+def step_shifting_twice(model, optimizer, x, y, lr, grad_clip):
+    return _step(model, optimizer, x, y, lr, grad_clip, labels=True)
+
+
+def step_returning_nothing(model, optimizer, x, y, lr, grad_clip):
+    _step(model, optimizer, x, y, lr, grad_clip)
+
+
+def step_loss_after_update(model, optimizer, x, y, lr, grad_clip):
+    """Reports the loss of a second forward pass, after the update."""
+    _step(model, optimizer, x, y, lr, grad_clip)
+    with torch.no_grad():
+        return F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()).item()
+
+
+@pytest.mark.parametrize("fn", [step_written_out, _step])
+def test_correct_steps_pass(fn, capsys):
+    check_train_step(fn)
+    assert "PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, hint", [
+    (step_without_zero_grad, "gradients are never reset"),
+    (step_ignoring_lr, "learning rate passed in is not used"),
+    (step_without_clipping, "not clipped"),
+    (step_clipping_after_update, "not clipped"),
+    (step_shifting_twice, "shifted twice"),
+    (step_returning_nothing, "return the loss as a float"),
+    (step_loss_after_update, "computed before the update"),
+])
+def test_planted_step_mistakes_get_their_own_hint(fn, hint):
+    with pytest.raises(CheckFailed, match=hint):
+        check_train_step(fn)

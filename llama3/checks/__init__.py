@@ -20,6 +20,7 @@ _CHECKERS = {
     "check_llama3": "model",
     "check_loss": "model",
     "check_lr_schedule": "training",
+    "check_train_step": "training",
     "check_top_p": "generation",
     "check_sample_next_token": "generation",
     "check_generate_kv": "generation",

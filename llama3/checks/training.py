@@ -1,13 +1,21 @@
-"""check_lr_schedule: the learner's learning-rate schedule against ``llama3.train.lr_schedule``.
+"""check_lr_schedule and check_train_step: the schedule and one optimiser step of the training loop.
+
+check_lr_schedule compares the learner's schedule with ``llama3.train.lr_schedule``.
 
 The reference warms up linearly from 0 (lr = max_lr * step / warmup_steps), decays along a half cosine from max_lr
 at step warmup_steps to min_lr at total_steps, and stays at min_lr after. The checker compares whole curves on a few
 settings (odd sizes, no warm-up at all) and, when they differ, names the usual mistake whose curve matches.
+check_train_step runs three steps of the learner's step function and of the reference (llama3.train's loop body)
+from the same weights and batches, and compares losses and weights; a mismatch is matched against the steps one
+gets by forgetting zero_grad, the learning rate, the clipping, or by shifting the targets twice.
 """
 
 from __future__ import annotations
 
 import math
+
+import torch
+import torch.nn.functional as F
 
 from llama3.checks._common import call, fail, passed
 from llama3.train import lr_schedule
@@ -93,3 +101,106 @@ def check_lr_schedule(schedule_fn) -> None:
              f"(max_lr - min_lr) with progress = (step - warmup_steps) / (total_steps - warmup_steps), and min_lr "
              f"from total_steps on.")
     passed("lr_schedule: linear warm-up, cosine decay to min_lr, constant after total_steps.")
+
+
+# ------------------------------------------------------------------------------------------------ a training step
+def _reference_step(model, optimizer, x, y, lr, grad_clip, *, zero_grad=True, set_lr=True, clip=True,
+                    shift_again=False):
+    """One optimiser step as llama3.train does it, with switches for the mistakes check_train_step names."""
+    if set_lr:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    if shift_again:  # labels=y shifts y a second time inside the model's loss
+        loss = model(x, labels=y).loss
+    else:
+        logits = model(x).logits  # (B, T, V); y (B, T) is already the next token of each position
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    loss.backward()
+    if clip and grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+STEP_VARIANTS = {
+    "zero_grad": ({"zero_grad": False},
+                  "The gradients are never reset, so each step adds to the previous step's gradients: call "
+                  "optimizer.zero_grad(set_to_none=True) once per step (after optimizer.step(), or before backward())."),
+    "set_lr": ({"set_lr": False},
+               "The learning rate passed in is not used: set group['lr'] = lr for every group in "
+               "optimizer.param_groups before optimizer.step()."),
+    "clip": ({"clip": False},
+             "The gradients are not clipped (or clipped after optimizer.step(), which is too late): call "
+             "torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) between backward() and step()."),
+    "shift_again": ({"shift_again": True},
+                    "The targets are shifted twice: y from get_batch is already the next token of each position of x, "
+                    "so use F.cross_entropy(logits.flatten(0, 1), y.flatten()), not model(x, labels=y) (which shifts "
+                    "again)."),
+}
+
+
+def _step_setup(seed: int):
+    from llama3.config import ModelArgs
+    from llama3.model import Llama3
+
+    args = ModelArgs(vocab_size=53, d_model=32, heads=4, group_size=2, num_layers=2, max_seq_len=16, multiple_of=16)
+    torch.manual_seed(seed)
+    model = Llama3(args)
+    with torch.no_grad():  # a wider output head: large early gradients, so that clipping at 0.5 is active
+        model.output.weight.mul_(20)
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(3):
+        window = torch.randint(0, args.vocab_size, (4, 13), generator=gen)
+        batches.append((window[:, :-1], window[:, 1:]))  # x, y as get_batch returns them
+    return model, batches
+
+
+def _run_steps(step_fn, seed: int, lrs, grad_clip, what: str, **switches):
+    model, batches = _step_setup(seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.95), weight_decay=0.1)
+    losses = []
+    for (x, y), lr in zip(batches, lrs):
+        if step_fn is None:
+            losses.append(_reference_step(model, optimizer, x, y, lr, grad_clip, **switches))
+        else:
+            loss = call(step_fn, model, optimizer, x, y, lr, grad_clip, what=what)
+            try:
+                losses.append(float(loss))
+            except (TypeError, ValueError):
+                fail(f"{what}: return the loss as a float (loss.item()), got {type(loss).__name__}.")
+    return losses, [p.detach().clone() for p in model.parameters()]
+
+
+def _same_run(a, b) -> bool:
+    (losses_a, params_a), (losses_b, params_b) = a, b
+    return (all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6) for x, y in zip(losses_a, losses_b))
+            and all(torch.allclose(p, q, atol=1e-6, rtol=1e-5) for p, q in zip(params_a, params_b)))
+
+
+def check_train_step(train_step_fn) -> None:
+    """Check a learner's ``train_step(model, optimizer, x, y, lr, grad_clip) -> float``: set the learning rate,
+    cross-entropy of the logits against the (already shifted) targets y, backward, clip, step, zero the gradients.
+    Three steps on a small model must give the reference's losses and weights."""
+    lrs, grad_clip = (1e-2, 5e-3, 2e-3), 0.5
+    what = f"train_step(model, optimizer, x, y, lr, grad_clip={grad_clip}) for 3 steps, lr {list(lrs)}"
+    ours = _run_steps(train_step_fn, 0, lrs, grad_clip, what)
+    expected = _run_steps(None, 0, lrs, grad_clip, what)
+    if _same_run(ours, expected):
+        passed("train_step: learning rate set, loss on shifted targets, clipped, stepped, gradients reset.")
+        return
+    if not math.isclose(ours[0][0], expected[0][0], rel_tol=1e-5):
+        variant = _run_steps(None, 0, lrs, grad_clip, what, shift_again=True)
+        if math.isclose(ours[0][0], variant[0][0], rel_tol=1e-5):
+            fail(f"{what}: {STEP_VARIANTS['shift_again'][1]}")
+        fail(f"{what}: the first loss is {ours[0][0]:.5f}, expected {expected[0][0]:.5f}: the loss is "
+             f"F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()), computed before the update.")
+    for name, (switches, hint) in STEP_VARIANTS.items():
+        if _same_run(ours, _run_steps(None, 0, lrs, grad_clip, what, **switches)):
+            fail(f"{what}: {hint}")
+    fail(f"{what}: the losses {[round(v, 5) for v in ours[0]]} or the weights after the steps differ from the "
+         f"reference ({[round(v, 5) for v in expected[0]]}). Order: set lr, forward, loss, backward, clip, "
+         f"optimizer.step(), optimizer.zero_grad().")
