@@ -73,7 +73,13 @@ class MultiHeadGQAttention(nn.Module):
             # A prefill on top of a cache: is_causal would align the triangle top-left, which is wrong here.
             mask = build_attention_mask(None, seq, k.shape[2] - seq).to(x.device)
         dropout = self.dropout if self.training else 0.0
-        if self.use_flash:
+        if self.use_flash and seq == 1 and self.group_size > 1:
+            # One query row (decoding): fold each group's query heads into rows of its K/V head. That is plain
+            # attention with no K/V copy, and it avoids the CPU kernel's slow enable_gqa path (~100x slower here).
+            q = q.view(batch, self.n_kv_heads, self.group_size, self.head_dim)  # (B, KV, G, D)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = out.view(batch, self.heads, 1, self.head_dim)
+        elif self.use_flash:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
                                                  dropout_p=dropout, enable_gqa=self.group_size > 1)
         else:

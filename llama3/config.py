@@ -110,7 +110,9 @@ class ModelArgs:
         known = {f.name for f in dataclasses.fields(cls)} - {"_"}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"Unknown ModelArgs fields {sorted(unknown)} in the config; known fields: {sorted(known)}.")
+            raise ValueError(
+                f"Unknown ModelArgs fields {sorted(unknown)} in the config; known fields: {sorted(known)}."
+            )
         return cls(**{**data, **overrides})
 
     def save(self, path: str | Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from llama3.kv_cache import KV_Cache
@@ -115,7 +113,7 @@ def decode_output(prompt, ids: torch.Tensor, mask: torch.Tensor | None, tokenize
 def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None, eos_token_id: int | None = None,
              seed: int | None = None, attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-             compile: bool = False, stream=None):
+             compile: bool = False, fast: bool = True, stream=None):
     """Continue ``prompt`` with ``model``.
 
     prompt: a str (returns prompt + continuation as a str, special tokens skipped), a list of str (a left-padded
@@ -125,6 +123,9 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     (default: the tokenizer's EOS); the loop ends when every row has stopped, after max_new_tokens, or when
     the sequence reaches max_seq_len. Finished rows are padded. ``stream(token_ids)`` is called with each new
     (B,) tensor of tokens as it is sampled.
+
+    With the cache, decoding runs on ``llama3.fast`` (fused, transposed weights; ``compile=True`` adds
+    torch.compile); ``fast=False`` runs the readable loop that calls the model with its KV caches instead.
     """
     args = model.args
     tokenizer = tokenizer if tokenizer is not None else args.tokenizer
@@ -164,14 +165,14 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     was_training = model.training
     model.eval()
     try:
-        if use_cache and compile:
-            from llama3.fast import generate_compiled
+        if use_cache and fast:
+            from llama3.fast import fast_decode_loop
 
-            new_tokens = generate_compiled(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id,
-                                           pad_token_id, generator, stream)
+            new_tokens = fast_decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id,
+                                          pad_token_id, generator, stream, compile=compile)
         else:
-            new_tokens = _decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id,
-                                      pad_token_id, generator, use_cache, stream)
+            new_tokens = decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id,
+                                     pad_token_id, generator, use_cache, stream)
     finally:
         model.train(was_training)
     out = torch.cat([ids, new_tokens], dim=1)
@@ -180,9 +181,10 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     return decode_output(prompt, out, mask, tokenizer)
 
 
-def _decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id, pad_token_id, generator,
-                 use_cache, stream) -> torch.Tensor:
-    """The plain loop. Returns the new tokens (B, N)."""
+def decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id, pad_token_id, generator,
+                use_cache, stream) -> torch.Tensor:
+    """The readable loop: prefill, then one model call per new token (with the KV caches) or per sequence
+    (without). Returns the new tokens (B, N)."""
     args = model.args
     batch, prompt_len = ids.shape
     device = ids.device

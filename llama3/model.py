@@ -131,8 +131,9 @@ class Llama3(nn.Module):
         return generate(self, prompt, tokenizer, use_cache=False, **kwargs)
 
     def generate_kv(self, prompt, tokenizer=None, **kwargs):
-        """Like ``generate``, but with a KV cache: each step feeds only the newest token. ``compile=True``
-        runs a static-shape decode step under torch.compile (the first call pays the compilation)."""
+        """Like ``generate``, but with a KV cache: each step feeds only the newest token, through the fast decode
+        step of ``llama3.fast``. ``compile=True`` runs that step under torch.compile (the first call pays the
+        compilation); ``fast=False`` uses the readable loop that calls this model with its caches."""
         from llama3.generation import generate
 
         return generate(self, prompt, tokenizer, use_cache=True, **kwargs)

@@ -10,12 +10,14 @@ GPT2_DIR = ASSETS / "tokenizer" / "gpt2"
 PAD_TOKEN = "[PAD]"
 
 
-def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool = True):
+def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None = None):
     """GPT2TokenizerFast from local files (offline), with "[PAD]" added: 50258 tokens, pad id 50257.
 
     ``path`` may name another tokenizer folder (anything ``AutoTokenizer.from_pretrained`` reads, e.g. one
-    saved next to a checkpoint). The length is checked: transformers 5 returns an EMPTY tokenizer, without an
-    error, when asked for "gpt2" offline, and that must never pass silently.
+    saved next to a checkpoint). "[PAD]" is added to the GPT-2 tokenizer only, unless ``add_pad`` says otherwise:
+    a checkpoint's own tokenizer must keep the vocabulary its embedding table was trained with (Llama 3's has no
+    pad token; generation then pads with EOS). The length is checked: transformers 5 returns an EMPTY tokenizer,
+    without an error, when asked for "gpt2" offline, and that must never pass silently.
     """
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
@@ -31,6 +33,8 @@ def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool = True):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if len(tokenizer) < 2:
             raise RuntimeError(f"The tokenizer in {folder} is empty ({len(tokenizer)} tokens).")
+    if add_pad is None:
+        add_pad = path is None
     if add_pad and tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
