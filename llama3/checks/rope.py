@@ -86,7 +86,7 @@ def _diagnose(mine, actual: torch.Tensor, x: torch.Tensor, positions: torch.Tens
     """The learner's output differs from the reference: name the mistake it matches, else explain what to check."""
     if not torch.isfinite(actual.float()).all():
         fail(f"RoPE {where}: the output contains NaN or inf. A rotation only multiplies by cos and sin.")
-    for name, hint, kwargs in _mistakes(head_dim, theta):
+    for _name, hint, kwargs in _mistakes(head_dim, theta):
         offset = kwargs.pop("offset", True)
         pos = positions if offset else torch.arange(x.shape[1])[None]
         if close(actual, _rotate(x, pos, **kwargs), atol=ATOL, rtol=ATOL):
@@ -138,8 +138,9 @@ def check_apply_rotary(apply_rotary) -> None:
     for head_dim in (8, 6):
         x = torch.randn(2, 5, 3, head_dim, generator=gen)  # (B, T, H, D)
         freqs = _frequencies(head_dim, 10000.0, "2i/D")
+        per_row = torch.tensor([[0, 0, 0, 1, 2], [3, 4, 5, 6, 7]])
         for positions, where in ((torch.arange(5)[None], "cos, sin of shape (1, T, 1, D/2)"),
-                                 (torch.tensor([[0, 0, 0, 1, 2], [3, 4, 5, 6, 7]]), "cos, sin of shape (B, T, 1, D/2)")):
+                                 (per_row, "cos, sin of shape (B, T, 1, D/2)")):
             angles = positions[..., None].float() * freqs  # (1|B, T, D/2)
             cos, sin = angles.cos()[:, :, None], angles.sin()[:, :, None]
             what = f"apply_rotary (head_dim={head_dim}, {where})"

@@ -175,7 +175,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     '''Rotate adjacent pairs (2i, 2i+1) of the last dimension of x (B, T, H, D) by angles given as cos, sin
     (B or 1, T, 1, D/2). Returns x's shape and dtype.'''
     ### BEGIN SOLUTION
-    ### HINT: x0, x1 = x.float()[..., 0::2], x.float()[..., 1::2]; rotate; torch.stack((r0, r1), dim=-1).flatten(-2).type_as(x)
+    ### HINT: x0, x1 = x[..., 0::2], x[..., 1::2] in float32; rotate; torch.stack(..., dim=-1).flatten(-2)
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
     x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, T, H, D/2) each
     rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, T, H, D/2, 2)
@@ -239,7 +239,7 @@ class RoPE(nn.Module):
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         '''positions (T,) or (B, T) -> cos, sin of shape (1 or B, T, 1, D/2), float32.'''
         ### BEGIN SOLUTION
-        ### HINT: make positions (1|B, T); angles = positions[..., None].float() * self.inv_freq; add the head axis with [:, :, None, :]
+        ### HINT: positions as (1|B, T); angles = positions[..., None] * self.inv_freq; head axis: [:, :, None]
         if positions.dim() == 1:
             positions = positions[None]  # (1, T)
         angles = positions[..., None].float() * self.inv_freq.float()  # (1|B, T, D/2)

@@ -94,7 +94,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
         ### BEGIN SOLUTION
-        ### HINT: x32 = x.float(); normalise with torch.rsqrt(mean of squares over the last dim + eps); cast back with .type_as(x); then * self.weight
+        ### HINT: in float32: x * rsqrt(mean(x^2 over dim -1) + eps); .type_as(x) first, then * self.weight
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.type_as(x)
@@ -209,7 +209,7 @@ class FFN(nn.Module):
         super().__init__()
         if hidden_dim is None:
             ### BEGIN SOLUTION
-            ### HINT: int(2 * 4 * d_model / 3); times ffn_dim_multiplier (then int) if given; round UP to a multiple of multiple_of
+            ### HINT: int(2 * 4 * d_model / 3); int(x multiplier) if given; round UP to a multiple_of
             hidden_dim = int(2 * (4 * d_model) / 3)
             if ffn_dim_multiplier is not None:
                 hidden_dim = int(ffn_dim_multiplier * hidden_dim)

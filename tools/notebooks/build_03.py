@@ -126,7 +126,7 @@ class KV_Cache(torch.nn.Module):
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         ### BEGIN SOLUTION
-        ### HINT: two register_buffer("k_cache"/"v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False); self.seq_len = 0
+        ### HINT: register_buffer k_cache and v_cache (torch.zeros, persistent=False); self.seq_len = 0
         shape = (max_batch_size, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
@@ -145,7 +145,7 @@ class KV_Cache(torch.nn.Module):
         '''Write k, v (B, n_kv_heads, T, head_dim) at positions [start_pos, start_pos + T); return the keys and
         values (B, n_kv_heads, start_pos + T, head_dim) of all positions so far.'''
         ### BEGIN SOLUTION
-        ### HINT: check start_pos + T <= self.max_seq_len (ValueError); slice-assign into self.k_cache[:B, :, start_pos:end]; advance self.seq_len; return the [:B, :, :end] slices
+        ### HINT: ValueError past max_seq_len; write k_cache[:B, :, start_pos:end]; set seq_len; return [:B, :, :end]
         batch, _, seq, _ = k.shape
         end = start_pos + seq
         if end > self.max_seq_len:

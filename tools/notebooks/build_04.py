@@ -71,10 +71,12 @@ torch.manual_seed(0)
 for head_dim in (16, 64, 256):
     q, k = torch.randn(10_000, head_dim), torch.randn(10_000, head_dim)
     scores = (q * k).sum(-1)
-    top = F.softmax(torch.randn(8, head_dim) @ torch.randn(head_dim, 16), dim=-1).amax(-1).mean()
-    top_scaled = F.softmax(torch.randn(8, head_dim) @ torch.randn(head_dim, 16) / math.sqrt(head_dim), -1).amax(-1).mean()
-    print(f"D={head_dim:3d}: std of q.k = {scores.std():5.2f}, after / sqrt(D) = {(scores / math.sqrt(head_dim)).std():.2f}"
-          f" | mean largest softmax weight over 16 keys: {top:.2f} unscaled, {top_scaled:.2f} scaled")
+    logits = torch.randn(8, head_dim) @ torch.randn(head_dim, 16)  # 8 queries, 16 keys
+    top = F.softmax(logits, dim=-1).amax(-1).mean()
+    top_scaled = F.softmax(logits / math.sqrt(head_dim), dim=-1).amax(-1).mean()
+    print(f"D={head_dim:3d}: std of q.k = {scores.std():5.2f}, after / sqrt(D) = "
+          f"{(scores / math.sqrt(head_dim)).std():.2f} | mean largest softmax weight over 16 keys: "
+          f"{top:.2f} unscaled, {top_scaled:.2f} scaled")
 """)
 
 nb.md(r"""
@@ -249,7 +251,7 @@ class MultiHeadGQAttention(nn.Module):
         self.use_flash = args.use_flash
         self.dropout = args.dropout
         ### BEGIN SOLUTION
-        ### HINT: four nn.Linear(..., bias=False): wq to heads * head_dim, wk and wv to n_kv_heads * head_dim, wo back to d_model
+        ### HINT: nn.Linear(bias=False): wq to heads*head_dim, wk and wv to n_kv_heads*head_dim, wo to d_model
         self.wq = nn.Linear(args.d_model, self.heads * self.head_dim, bias=False)
         self.wk = nn.Linear(args.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.d_model, self.n_kv_heads * self.head_dim, bias=False)
@@ -260,7 +262,7 @@ class MultiHeadGQAttention(nn.Module):
                 kv_cache: KV_Cache | None = None, start_pos: int = 0) -> torch.Tensor:
         batch, seq, _ = x.shape
         ### BEGIN SOLUTION
-        ### HINT: project and view as (B, T, heads, D); apply_rotary on q and k; transpose(1, 2); kv_cache.update; offset mask when S != T; SDPA or attention_by_hand; merge heads; wo
+        ### HINT: view (B, T, heads, D); rotate q, k; transpose; cache; offset mask; SDPA or by hand; wo
         q = self.wq(x).view(batch, seq, self.heads, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
@@ -284,7 +286,7 @@ class MultiHeadGQAttention(nn.Module):
     def attention_by_hand(self, q, k, v, mask, dropout):
         '''softmax(q k^T / sqrt(D) + mask) v, each K/V head repeated for the query heads of its group.'''
         ### BEGIN SOLUTION
-        ### HINT: k, v .repeat_interleave(self.group_size, dim=1); scores / sqrt(head_dim); causal tril when mask is None and T > 1; masked_fill(~mask, -inf); softmax(dim=-1)
+        ### HINT: repeat_interleave k, v; q k^T / sqrt(D); tril if no mask and T > 1; -inf; softmax(dim=-1)
         k = k.repeat_interleave(self.group_size, dim=1)  # (B, H, S, D): kv0, kv0, kv1, kv1, ...
         v = v.repeat_interleave(self.group_size, dim=1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
@@ -396,7 +398,8 @@ from llama3 import MultiHeadGQAttention as ReferenceAttention
 reference = ReferenceAttention(args).eval()
 reference.load_state_dict(attention.state_dict())  # same names and shapes: wq, wk, wv, wo
 with torch.no_grad():
-    print("max |yours - llama3| < 1e-6:", (reference(x, cos, sin, padded) - attention(x, cos, sin, padded)).abs().max().item() < 1e-6)
+    difference = (reference(x, cos, sin, padded) - attention(x, cos, sin, padded)).abs().max().item()
+print("max |yours - llama3| < 1e-6:", difference < 1e-6)
 print(reference)
 """, tags=["uses-exercise"])
 
