@@ -1,0 +1,135 @@
+"""llama3.data: finding the text, lossless tokenisation, the uint16 cache, seeded random windows, clear errors."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from llama3 import data
+from llama3.data import EOS_TOKEN, TokenDataset, get_batch, load_text, load_tokens, text_files, tokenize
+from llama3.pretrained import PRETRAINED_DIR
+from llama3.tokenizer import load_tokenizer
+
+WORDS = ("the cat dog sun tree ball girl boy happy sad big little red blue ran jumped saw played with friend "
+         "mom park home said smiled found lost day").split()
+
+
+def synthetic_story(rng: random.Random) -> str:
+    sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + "."
+                 for _ in range(rng.randint(2, 5))]
+    return "Once upon a time, " + " ".join(sentences)
+
+
+def write_tinystories(folder, n_train: int = 120, n_valid: int = 30, seed: int = 0):
+    """A TinyStories-shaped folder: stories each followed by a line <|endoftext|>, split into train/valid files."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("TinyStories-train.part0.txt", n_train), ("TinyStories-valid.small.txt", n_valid)):
+        (folder / name).write_text("".join(synthetic_story(rng) + f"\n{EOS_TOKEN}\n" for _ in range(n)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return load_tokenizer(PRETRAINED_DIR)
+
+
+@pytest.fixture
+def stories(tmp_path):
+    return write_tinystories(tmp_path / "tinystories")
+
+
+def test_folder_gives_each_split_its_files(stories):
+    assert [p.name for p in text_files("train", stories)] == ["TinyStories-train.part0.txt"]
+    assert [p.name for p in text_files("validation", stories)] == ["TinyStories-valid.small.txt"]
+    assert load_text("val", stories) == (stories / "TinyStories-valid.small.txt").read_text()
+
+
+def test_environment_variable_is_the_default_source(stories, monkeypatch):
+    monkeypatch.setenv(data.ENV_VAR, str(stories))
+    assert load_text("train") == (stories / "TinyStories-train.part0.txt").read_text()
+
+
+def test_offline_without_a_path_says_how_to_give_one(monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(FileNotFoundError, match=data.ENV_VAR):
+        load_text("train")
+
+
+def test_bad_paths_and_splits_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_text("train", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"\*train\*\.txt"):
+        load_text("train", tmp_path)  # an empty folder
+    with pytest.raises(ValueError, match="split"):
+        load_text("test", tmp_path)
+
+
+def test_a_story_cut_off_at_the_end_of_a_file_is_dropped(tmp_path):
+    file = tmp_path / "stories.txt"
+    file.write_text(f"One whole story.\n{EOS_TOKEN}\nA story cut off in the mid")
+    assert load_text("train", file) == f"One whole story.\n{EOS_TOKEN}\n"
+
+
+def test_tokenize_is_lossless_and_separators_become_eos(stories, bpe):
+    text = load_text("train", stories)
+    ids = tokenize(text, bpe)
+    assert ids.dtype == np.uint16
+    assert bpe.decode(ids.tolist()) == text
+    assert int((ids == bpe.eos_token_id).sum()) == text.count(EOS_TOKEN)
+    gpt2 = load_tokenizer()  # GPT-2's own <|endoftext|> is id 50256
+    assert int((tokenize(text, gpt2) == 50256).sum()) == text.count(EOS_TOKEN)
+
+
+def test_tokens_are_cached_once_and_read_by_memory_map(stories, bpe, tmp_path):
+    cache = tmp_path / "cache"
+    first = load_tokens("train", bpe, stories, cache_dir=cache)
+    files = list(cache.glob("*.uint16"))
+    assert isinstance(first, np.memmap) and first.dtype == np.uint16 and len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    second = load_tokens("train", bpe, stories, cache_dir=cache)
+    assert files[0].stat().st_mtime_ns == stamp  # read back, not tokenised again
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, tokenize(load_text("train", stories), bpe))
+    load_tokens("train", load_tokenizer(), stories, cache_dir=cache)  # another tokenizer gets its own file
+    assert len(list(cache.glob("*.uint16"))) == 2
+
+
+def test_batches_are_next_token_windows_of_the_stream(bpe, stories, tmp_path):
+    tokens = load_tokens("train", bpe, stories, cache_dir=tmp_path)
+    x, y = get_batch(tokens, 6, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (6, 16) and x.dtype == y.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    stream = torch.from_numpy(tokens.astype(np.int64))
+    for row_x, row_y in zip(x, y):  # every row is a real window of the text
+        window = torch.cat([row_x, row_y[-1:]])
+        starts = (stream[: len(stream) - 16] == window[0]).nonzero().flatten()
+        assert any(torch.equal(stream[s: s + 17], window) for s in starts.tolist())
+
+
+def test_batches_follow_the_seed(bpe, stories, tmp_path):
+    dataset = TokenDataset.from_split("train", bpe, seq_len=16, path=stories, cache_dir=tmp_path)
+    a = dataset.get_batch(4, torch.Generator().manual_seed(1))
+    b = dataset.get_batch(4, torch.Generator().manual_seed(1))
+    c = dataset.get_batch(4, torch.Generator().manual_seed(2))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+
+
+def test_eval_batches_are_consecutive_windows(bpe, stories, tmp_path):
+    dataset = TokenDataset.from_split("validation", bpe, seq_len=8, path=stories, cache_dir=tmp_path)
+    xs = torch.cat([x for x, _ in dataset.eval_batches(3, max_windows=7)])
+    assert xs.shape == (7, 8)
+    expected = torch.from_numpy(dataset.tokens[: 7 * 8].astype(np.int64)).view(7, 8)
+    assert torch.equal(xs, expected)
+
+
+def test_text_too_short_for_one_window_is_refused(tmp_path, bpe):
+    file = tmp_path / "short.txt"
+    file.write_text(f"Tiny.\n{EOS_TOKEN}\n")
+    tokens = load_tokens("train", bpe, file, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="too short"):
+        TokenDataset(tokens, seq_len=64)
+    with pytest.raises(ValueError, match="too short"):
+        get_batch(tokens, 2, 64)
