@@ -261,24 +261,41 @@ class MultiHeadGQAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None,
                 kv_cache: KV_Cache | None = None, start_pos: int = 0) -> torch.Tensor:
         batch, seq, _ = x.shape
+        # 1. project x to q (B, T, heads, D) and k, v (B, T, n_kv_heads, D)
         ### BEGIN SOLUTION
-        ### HINT: view (B, T, heads, D); rotate q, k; transpose; cache; offset mask; SDPA or by hand; wo
+        ### HINT: self.wq(x).view(batch, seq, self.heads, self.head_dim); the same for k, v with n_kv_heads
         q = self.wq(x).view(batch, seq, self.heads, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
+        ### END SOLUTION
+        # 2. rotate q and k (RoPE), then move the heads in front: (B, heads, T, D)
+        ### BEGIN SOLUTION
+        ### HINT: apply_rotary(q, cos, sin) and apply_rotary(k, cos, sin), then .transpose(1, 2) for q, k and v
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+        ### END SOLUTION
+        # 3. with a cache: store the new keys/values and read all S = start_pos + T; offset mask if S != T
+        ### BEGIN SOLUTION
+        ### HINT: k, v = kv_cache.update(start_pos, k, v); no mask, T > 1, S != T: build_attention_mask(None, T, S-T)
         if kv_cache is not None:
             k, v = kv_cache.update(start_pos, k, v)  # (B, KV, S, D), S = start_pos + T
         if mask is None and seq > 1 and k.shape[2] != seq:
             # queries on top of a filled cache: is_causal would align the triangle top-left, which is wrong here
             mask = build_attention_mask(None, seq, k.shape[2] - seq).to(x.device)
+        ### END SOLUTION
+        # 4. attend: the fused kernel or the spelled-out softmax
         dropout = self.dropout if self.training else 0.0
         if self.use_flash:
+            ### BEGIN SOLUTION
+            ### HINT: F.scaled_dot_product_attention: attn_mask=mask, is_causal if no mask and T > 1, enable_gqa
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
                                                  dropout_p=dropout, enable_gqa=self.group_size > 1)
+            ### END SOLUTION
         else:
-            out = self.attention_by_hand(q, k, v, mask, dropout)
+            out = self.attention_by_hand(q, k, v, mask, dropout)  # (B, H, T, D)
+        # 5. merge the heads back to (B, T, heads * D) and project with wo
+        ### BEGIN SOLUTION
+        ### HINT: out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim), then self.wo
         out = out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)  # (B, T, H*D)
         return self.wo(out)
         ### END SOLUTION
