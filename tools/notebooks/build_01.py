@@ -175,7 +175,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     '''Rotate adjacent pairs (2i, 2i+1) of the last dimension of x (B, T, H, D) by angles given as cos, sin
     (B or 1, T, 1, D/2). Returns x's shape and dtype.'''
     ### BEGIN SOLUTION
-    ### HINT: x0, x1 = x[..., 0::2], x[..., 1::2] in float32; rotate; torch.stack(..., dim=-1).flatten(-2)
+    ### HINT: pair (2i, 2i+1) -> (x0 cos - x1 sin, x0 sin + x1 cos), interleaved back; float32 inside, x's dtype out
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, T, H, D/2, 2)
     x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, T, H, D/2) each
     rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, T, H, D/2, 2)
@@ -229,7 +229,7 @@ class RoPE(nn.Module):
         self.theta = theta
         self.rope_scaling = rope_scaling
         ### BEGIN SOLUTION
-        ### HINT: the head_dim/2 frequencies theta^(-2i/head_dim); torch.arange(0, head_dim, 2) gives the 2i
+        ### HINT: head_dim/2 frequencies theta^(-2i/head_dim), i = 0 .. head_dim/2 - 1, as a float tensor
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))  # (D/2,)
         ### END SOLUTION
         if rope_scaling is not None:
@@ -239,7 +239,7 @@ class RoPE(nn.Module):
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         '''positions (T,) or (B, T) -> cos, sin of shape (1 or B, T, 1, D/2), float32.'''
         ### BEGIN SOLUTION
-        ### HINT: positions as (1|B, T); angles = positions[..., None] * self.inv_freq; head axis: [:, :, None]
+        ### HINT: angle = position x frequency, shape (1 or B, T, D/2); then add a length-1 axis for the heads
         if positions.dim() == 1:
             positions = positions[None]  # (1, T)
         angles = positions[..., None].float() * self.inv_freq.float()  # (1|B, T, D/2)
@@ -249,7 +249,7 @@ class RoPE(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor | int = 0) -> torch.Tensor:
         '''x (B, T, H, D); positions: the int position of the first token, or a (T,) / (B, T) tensor.'''
         ### BEGIN SOLUTION
-        ### HINT: an int p means torch.arange(p, p + T); then cos, sin = self.cos_sin(positions) and apply_rotary
+        ### HINT: an int p stands for the positions p, p+1, ..., p+T-1; then rotate with cos_sin and apply_rotary
         if isinstance(positions, int):
             positions = torch.arange(positions, positions + x.shape[1], device=x.device)  # (T,)
         cos, sin = self.cos_sin(positions)

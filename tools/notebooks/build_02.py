@@ -94,7 +94,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
         ### BEGIN SOLUTION
-        ### HINT: in float32: x * rsqrt(mean(x^2 over dim -1) + eps); .type_as(x) first, then * self.weight
+        ### HINT: statistics in float32 over the last dim, eps inside the root; cast back BEFORE the weight
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.type_as(x)
@@ -209,7 +209,7 @@ class FFN(nn.Module):
         super().__init__()
         if hidden_dim is None:
             ### BEGIN SOLUTION
-            ### HINT: int(2 * 4 * d_model / 3); int(x multiplier) if given; round UP to a multiple_of
+            ### HINT: 2/3 of 4 * d_model, scaled by the multiplier if given (int() each time), rounded UP to multiple_of
             hidden_dim = int(2 * (4 * d_model) / 3)
             if ffn_dim_multiplier is not None:
                 hidden_dim = int(ffn_dim_multiplier * hidden_dim)
@@ -222,7 +222,7 @@ class FFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d_model) -> (B, T, d_model)
         ### BEGIN SOLUTION
-        ### HINT: gate through F.silu, multiply by the up projection, project down with w2
+        ### HINT: only the gate (w1) goes through SiLU; it multiplies the up branch (w3); w2 projects back
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
         ### END SOLUTION
 """, grade_id="ffn")

@@ -126,7 +126,7 @@ class KV_Cache(torch.nn.Module):
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         ### BEGIN SOLUTION
-        ### HINT: register_buffer k_cache and v_cache (torch.zeros, persistent=False); self.seq_len = 0
+        ### HINT: two zero buffers (max_batch_size, n_kv_heads, max_seq_len, head_dim), not in checkpoints
         shape = (max_batch_size, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
@@ -145,7 +145,7 @@ class KV_Cache(torch.nn.Module):
         '''Write k, v (B, n_kv_heads, T, head_dim) at positions [start_pos, start_pos + T); return the keys and
         values (B, n_kv_heads, start_pos + T, head_dim) of all positions so far.'''
         ### BEGIN SOLUTION
-        ### HINT: ValueError past max_seq_len; write k_cache[:B, :, start_pos:end]; set seq_len; return [:B, :, :end]
+        ### HINT: refuse overflow; write in place at [start_pos, start_pos + T) of the first B rows; return all so far
         batch, _, seq, _ = k.shape
         end = start_pos + seq
         if end > self.max_seq_len:
@@ -159,7 +159,7 @@ class KV_Cache(torch.nn.Module):
 
     def reset(self) -> None:
         ### BEGIN SOLUTION
-        ### HINT: zero both buffers in place (.zero_()) and set seq_len back to 0
+        ### HINT: back to the state right after __init__, without reallocating
         self.k_cache.zero_()
         self.v_cache.zero_()
         self.seq_len = 0

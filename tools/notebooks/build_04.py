@@ -251,7 +251,7 @@ class MultiHeadGQAttention(nn.Module):
         self.use_flash = args.use_flash
         self.dropout = args.dropout
         ### BEGIN SOLUTION
-        ### HINT: nn.Linear(bias=False): wq to heads*head_dim, wk and wv to n_kv_heads*head_dim, wo to d_model
+        ### HINT: four bias-free projections; the keys and values have only n_kv_heads heads
         self.wq = nn.Linear(args.d_model, self.heads * self.head_dim, bias=False)
         self.wk = nn.Linear(args.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.d_model, self.n_kv_heads * self.head_dim, bias=False)
@@ -263,20 +263,20 @@ class MultiHeadGQAttention(nn.Module):
         batch, seq, _ = x.shape
         # 1. project x to q (B, T, heads, D) and k, v (B, T, n_kv_heads, D)
         ### BEGIN SOLUTION
-        ### HINT: self.wq(x).view(batch, seq, self.heads, self.head_dim); the same for k, v with n_kv_heads
+        ### HINT: project, then split the last dimension into (heads or n_kv_heads, head_dim)
         q = self.wq(x).view(batch, seq, self.heads, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim)  # (B, T, KV, D)
         ### END SOLUTION
         # 2. rotate q and k (RoPE), then move the heads in front: (B, heads, T, D)
         ### BEGIN SOLUTION
-        ### HINT: apply_rotary(q, cos, sin) and apply_rotary(k, cos, sin), then .transpose(1, 2) for q, k and v
+        ### HINT: RoPE turns queries and keys, never values; attention wants the heads before the positions
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         ### END SOLUTION
         # 3. with a cache: store the new keys/values and read all S = start_pos + T; offset mask if S != T
         ### BEGIN SOLUTION
-        ### HINT: k, v = kv_cache.update(start_pos, k, v); no mask, T > 1, S != T: build_attention_mask(None, T, S-T)
+        ### HINT: the cache returns every position so far; on a filled cache the causal triangle is shifted by S - T
         if kv_cache is not None:
             k, v = kv_cache.update(start_pos, k, v)  # (B, KV, S, D), S = start_pos + T
         if mask is None and seq > 1 and k.shape[2] != seq:
@@ -287,7 +287,7 @@ class MultiHeadGQAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if self.use_flash:
             ### BEGIN SOLUTION
-            ### HINT: F.scaled_dot_product_attention: attn_mask=mask, is_causal if no mask and T > 1, enable_gqa
+            ### HINT: SDPA takes either a mask or is_causal (needed only for T > 1), and fewer K/V heads with enable_gqa
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
                                                  dropout_p=dropout, enable_gqa=self.group_size > 1)
             ### END SOLUTION
@@ -295,7 +295,7 @@ class MultiHeadGQAttention(nn.Module):
             out = self.attention_by_hand(q, k, v, mask, dropout)  # (B, H, T, D)
         # 5. merge the heads back to (B, T, heads * D) and project with wo
         ### BEGIN SOLUTION
-        ### HINT: out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim), then self.wo
+        ### HINT: undo step 2's transpose, flatten the heads into one dimension, project back to d_model
         out = out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)  # (B, T, H*D)
         return self.wo(out)
         ### END SOLUTION
@@ -303,7 +303,7 @@ class MultiHeadGQAttention(nn.Module):
     def attention_by_hand(self, q, k, v, mask, dropout):
         '''softmax(q k^T / sqrt(D) + mask) v, each K/V head repeated for the query heads of its group.'''
         ### BEGIN SOLUTION
-        ### HINT: repeat_interleave k, v; q k^T / sqrt(D); tril if no mask and T > 1; -inf; softmax(dim=-1)
+        ### HINT: K/V head j serves query heads j*g .. j*g+g-1; scale by sqrt(D); causal if no mask; normalise over keys
         k = k.repeat_interleave(self.group_size, dim=1)  # (B, H, S, D): kv0, kv0, kv1, kv1, ...
         v = v.repeat_interleave(self.group_size, dim=1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
