@@ -113,13 +113,15 @@ class Llama3(nn.Module):
         """
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (like tgt), got {tuple(labels.shape)}.")
-        shift_labels = labels[:, 1:]
+        # Shift the labels left rather than the logits right: slicing the (B, T, vocab) logits would copy them,
+        # and its backward would allocate another tensor of that size.
+        shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): the target of position t is t + 1
         if attention_mask is not None:
             mask = attention_mask[:, -labels.shape[1]:].bool()
-            shift_labels = shift_labels.masked_fill(~(mask[:, 1:] & mask[:, :-1]), -100)
-        shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-        shift_labels = shift_labels.reshape(-1)
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+            seen = F.pad(mask[:, 1:] & mask[:, :-1], (0, 1), value=False)
+            shift_labels = shift_labels.masked_fill(~seen, -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1),
+                               ignore_index=-100)
 
     # ------------------------------------------------------------------------------------------- generation
     def generate(self, prompt, tokenizer=None, **kwargs):
