@@ -149,6 +149,13 @@ def fast_decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos
               for _ in range(args.num_layers)]
     logits = model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1]  # prefill, readable path
     buffers = [(c.k_cache, c.v_cache) for c in caches]
+    if compile and device.type == "cuda":
+        # A CUDA graph replays fixed addresses: declare the weights and caches static, or every replay would
+        # first copy them into the graph's own input buffers.
+        for tensor in [t for layer in weights.layers for t in layer.values()] + [t for kv in buffers for t in kv]:
+            torch._dynamo.mark_static_address(tensor)
+        for tensor in (weights.embedding, weights.norm, weights.output, weights.inv_freq):
+            torch._dynamo.mark_static_address(tensor)
     step = compiled_decode_step(device.type) if compile else decode_step
 
     # visible[b, s]: cache slot s holds a real token of row b that the next query may see
