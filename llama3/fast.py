@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from llama3.kv_cache import KV_Cache
+from llama3.norm import rms_norm
+from llama3.rope import apply_rotary
 
 
 class FastWeights:
@@ -63,17 +65,6 @@ def fast_weights(model) -> FastWeights:
     return cached
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
-
-
 def layer_step(x: torch.Tensor, attention_norm: torch.Tensor, wqkv: torch.Tensor, wo: torch.Tensor,
                ffn_norm: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, k_cache: torch.Tensor,
                v_cache: torch.Tensor, input_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -82,17 +73,17 @@ def layer_step(x: torch.Tensor, attention_norm: torch.Tensor, wqkv: torch.Tensor
     input_pos (1,); cos, sin (B, 1, 1, D/2); mask (B, 1, 1, L) the visible slots. Every shape is static."""
     batch = x.shape[0]
     head_dim = k_cache.shape[-1]
-    h = _rms_norm(x, attention_norm, eps)
+    h = rms_norm(x, attention_norm, eps)
     q, k, v = (h @ wqkv).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    q = _rotate(q.view(batch, 1, heads, head_dim), cos, sin)
-    k = _rotate(k.view(batch, 1, kv_heads, head_dim), cos, sin)
+    q = apply_rotary(q.view(batch, 1, heads, head_dim), cos, sin)
+    k = apply_rotary(k.view(batch, 1, kv_heads, head_dim), cos, sin)
     k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
     v_cache.index_copy_(2, input_pos, v.view(batch, 1, kv_heads, head_dim).transpose(1, 2))
     # the group's query heads become query rows of their K/V head: plain attention, no K/V copy
     q = q.view(batch, kv_heads, heads // kv_heads, head_dim)  # (B, KV, G, D)
     out = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
     x = x + out.reshape(batch, 1, heads * head_dim) @ wo
-    h = _rms_norm(x, ffn_norm, eps)
+    h = rms_norm(x, ffn_norm, eps)
     gate, up = (h @ w13).chunk(2, dim=-1)
     return x + (F.silu(gate) * up) @ w2
 
@@ -110,7 +101,7 @@ def decode_step(weights: FastWeights, caches: list[tuple[torch.Tensor, torch.Ten
         x = layer_fn(x, layer["attention_norm"], layer["wqkv"], layer["wo"], layer["ffn_norm"], layer["w13"],
                      layer["w2"], k_cache, v_cache, input_pos, cos, sin, mask, args.norm_eps, args.heads,
                      args.n_kv_heads)
-    x = _rms_norm(x, weights.norm, args.norm_eps)
+    x = rms_norm(x, weights.norm, args.norm_eps)
     return (x @ weights.output)[:, 0]  # (B, vocab)
 
 
