@@ -125,12 +125,9 @@ def compiled_decode_step(device_type: str):
     return _COMPILED[device_type]
 
 
-def fast_decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id, pad_token_id,
-                     generator, stream, compile: bool = False) -> torch.Tensor:
-    """The decode loop on the static-shape step; returns the new tokens (B, N). Same contract as
-    ``generation.decode_loop``."""
-    from llama3.generation import sample_next_token
-
+def start_fast_decoding(model, ids, mask, total_len, compile: bool = False):
+    """Prefill through the readable model, then decode on the static-shape step. Same contract as
+    ``generation.start_decoding``: returns (logits of the last prompt position, next_logits(token, position))."""
     args = model.args
     batch, prompt_len = ids.shape
     device = ids.device
@@ -138,35 +135,25 @@ def fast_decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos
     weights = fast_weights(model)
     caches = [KV_Cache(batch, args.n_kv_heads, total_len, args.head_dim, dtype, device)
               for _ in range(args.num_layers)]
-    logits = model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1]  # prefill, readable path
+    logits = model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1]  # prefill
     buffers = [(c.k_cache, c.v_cache) for c in caches]
     if compile and device.type == "cuda":
         # A CUDA graph replays fixed addresses: declare the weights and caches static, or every replay would
         # first copy them into the graph's own input buffers.
-        for tensor in [t for layer in weights.layers for t in layer.values()] + [t for kv in buffers for t in kv]:
-            torch._dynamo.mark_static_address(tensor)
-        for tensor in (weights.embedding, weights.norm, weights.output, weights.inv_freq):
+        tensors = [t for layer in weights.layers for t in layer.values()] + [t for kv in buffers for t in kv]
+        for tensor in tensors + [weights.embedding, weights.norm, weights.output, weights.inv_freq]:
             torch._dynamo.mark_static_address(tensor)
     step = compiled_decode_step(device.type) if compile else decode_step
 
     # visible[b, s]: cache slot s holds a real token of row b that the next query may see
-    visible = torch.zeros(batch, total_len, dtype=torch.bool, device=device)
-    visible[:, :prompt_len] = True if mask is None else mask.bool()
-    positions = (visible.long().sum(-1, keepdim=True) - 1)  # (B, 1) RoPE position of the last real token
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens = []
-    for cur_len in range(prompt_len, total_len):
-        token = sample_next_token(logits, temperature, top_p, top_k, generator)
-        if eos_token_id is not None:
-            token = token.masked_fill(finished, pad_token_id)
-            finished |= token == eos_token_id
-        new_tokens.append(token)
-        if stream is not None:
-            stream(token)
-        if cur_len + 1 == total_len or (eos_token_id is not None and bool(finished.all())):
-            break
-        visible[:, cur_len] = True
+    visible = torch.zeros(batch, 1, 1, total_len, dtype=torch.bool, device=device)
+    visible[:, 0, 0, :prompt_len] = True if mask is None else mask.bool()
+    positions = visible.flatten(1).sum(-1, keepdim=True) - 1  # (B, 1) RoPE position of the last real token
+
+    def next_logits(token: torch.Tensor, cur_len: int) -> torch.Tensor:
+        nonlocal positions
+        visible[..., cur_len] = True
         positions = positions + 1
-        input_pos = torch.tensor([cur_len], device=device)
-        logits = step(weights, buffers, token[:, None], input_pos, positions, visible[:, None, None, :])
-    return torch.stack(new_tokens, dim=1)
+        return step(weights, buffers, token[:, None], torch.tensor([cur_len], device=device), positions, visible)
+
+    return logits, next_logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from llama3.kv_cache import KV_Cache
 
@@ -166,13 +167,13 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     model.eval()
     try:
         if use_cache and fast:
-            from llama3.fast import fast_decode_loop
+            from llama3.fast import start_fast_decoding
 
-            new_tokens = fast_decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id,
-                                          pad_token_id, generator, stream, compile=compile)
+            logits, next_logits = start_fast_decoding(model, ids, mask, total_len, compile=compile)
         else:
-            new_tokens = decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id,
-                                     pad_token_id, generator, use_cache, stream)
+            logits, next_logits = start_decoding(model, ids, mask, total_len, use_cache)
+        new_tokens = sample_loop(logits, next_logits, prompt_len, total_len, temperature, top_p, top_k,
+                                 eos_token_id, pad_token_id, generator, stream)
     finally:
         model.train(was_training)
     out = torch.cat([ids, new_tokens], dim=1)
@@ -181,22 +182,38 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     return decode_output(prompt, out, mask, tokenizer)
 
 
-def decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_token_id, pad_token_id, generator,
-                use_cache, stream) -> torch.Tensor:
-    """The readable loop: prefill, then one model call per new token (with the KV caches) or per sequence
-    (without). Returns the new tokens (B, N)."""
+def start_decoding(model, ids, mask, total_len, use_cache):
+    """The readable path: prefill, and a function that feeds one new token (with the KV caches) or the whole
+    sequence (without) back into the model. Returns (logits (B, vocab) of the last prompt position, next_logits)."""
     args = model.args
-    batch, prompt_len = ids.shape
-    device = ids.device
+    batch = ids.shape[0]
     caches = None
     if use_cache:
         dtype = next(model.parameters()).dtype
-        caches = [KV_Cache(batch, args.n_kv_heads, total_len, args.head_dim, dtype, device)
+        caches = [KV_Cache(batch, args.n_kv_heads, total_len, args.head_dim, dtype, ids.device)
                   for _ in range(args.num_layers)]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    state = {"seq": ids, "mask": mask}
+
+    def next_logits(token: torch.Tensor, cur_len: int) -> torch.Tensor:
+        """token (B,) sits at position cur_len; returns the logits (B, vocab) that follow it."""
+        if state["mask"] is not None:
+            state["mask"] = F.pad(state["mask"], (0, 1), value=1)
+        if use_cache:
+            return model(token[:, None], state["mask"], kv_caches=caches, start_pos=cur_len,
+                         logits_to_keep=1).logits[:, -1]
+        state["seq"] = torch.cat([state["seq"], token[:, None]], dim=1)
+        return model(state["seq"], state["mask"], logits_to_keep=1).logits[:, -1]
+
+    return model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1], next_logits
+
+
+def sample_loop(logits, next_logits, prompt_len, total_len, temperature, top_p, top_k, eos_token_id, pad_token_id,
+                generator, stream) -> torch.Tensor:
+    """Sample a token from ``logits``, feed it back through ``next_logits(token, position)``, repeat. A row that
+    has produced EOS is padded from then on; the loop ends when every row has, or at total_len.
+    Returns the new tokens (B, N)."""
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     new_tokens = []
-    seq = ids
-    logits = model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1]  # prefill
     for cur_len in range(prompt_len, total_len):
         token = sample_next_token(logits, temperature, top_p, top_k, generator)  # (B,)
         if eos_token_id is not None:
@@ -207,11 +224,5 @@ def decode_loop(model, ids, mask, total_len, temperature, top_p, top_k, eos_toke
             stream(token)
         if cur_len + 1 == total_len or (eos_token_id is not None and bool(finished.all())):
             break
-        if mask is not None:
-            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-        if use_cache:
-            logits = model(token[:, None], mask, kv_caches=caches, start_pos=cur_len, logits_to_keep=1).logits[:, -1]
-        else:
-            seq = torch.cat([seq, token[:, None]], dim=1)
-            logits = model(seq, mask, logits_to_keep=1).logits[:, -1]
+        logits = next_logits(token, cur_len)
     return torch.stack(new_tokens, dim=1)
