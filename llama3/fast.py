@@ -14,7 +14,7 @@ bandwidth and per-call overhead, not by arithmetic. This module re-lays the same
 
 ``generate_kv`` always decodes through ``decode_step``; ``compile=True`` runs it under ``torch.compile``. Prefill runs
 through the readable model into the same cache buffers. Greedy tokens are identical to the readable cached loop
-(``generation.cached_decode_loop``) and to ``generate`` (tested). The re-laid weights are a copy, built on the
+(``generation.start_decoding``) and to ``generate`` (tested). The re-laid weights are a copy, built on the
 first call and kept on the model until its parameters change (``del model._fast_weights`` frees them).
 """
 
