@@ -39,6 +39,7 @@ cells = [
     code("""
     %matplotlib inline
     import math
+    import shutil
     import tempfile
     import time
     import warnings
@@ -226,7 +227,8 @@ cells = [
 
     The loop calls your two functions. Every `eval_every` steps it measures the loss on validation text the
     model never trains on (the same windows each time, so the numbers compare). At step `checkpoint_at` it
-    saves a **checkpoint**: everything needed to continue the run as if it had never stopped.
+    saves a **checkpoint**: everything needed to continue the run as if it had never stopped. (The grader,
+    `python -m llama3.grade`, skips the run and the cells that need it: they are marked `skip-grade`.)
     """),
     code('''
     def save_checkpoint(path, model, optimizer, step, data_gen):
@@ -258,12 +260,12 @@ cells = [
     workdir = Path(tempfile.mkdtemp())  # checkpoints of this notebook; deleted at the end
     checkpoint_path = workdir / "checkpoint.pt"
     losses, val_points = run(model, optimizer, data_gen, 0, settings["steps"], checkpoint=checkpoint_path)
-    """, "uses-exercise", "nbval-ignore-output"),
+    """, "uses-exercise", "nbval-ignore-output", "skip-grade"),
     code("""
     first_val, last_val = val_points[0][1], val_points[-1][1]
     print("validation loss went down during the run:", last_val < first_val)
     print("training loss fell by more than 2 nats from log V:", losses[-1] < math.log(len(tokenizer)) - 2)
-    """, "uses-exercise"),
+    """, "uses-exercise", "skip-grade"),
     code("""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     ax1.plot(range(1, len(losses) + 1), losses, label="training batch", alpha=0.8)
@@ -278,7 +280,7 @@ cells = [
     ax2.set(xlabel="step", ylabel="learning rate", title="Schedule")
     plt.tight_layout()
     plt.show()
-    """, "uses-exercise"),
+    """, "uses-exercise", "skip-grade"),
     md(r"""
     **Reading the curve.** The loss starts at $\log V \approx 8.3$ (uniform guesses) and falls fast at first:
     the model learns which tokens are frequent, then which follow which. The training curve is noisy because
@@ -305,7 +307,7 @@ cells = [
     print(f"resuming at step {start}; checkpoint keys: {sorted(state)}")
     resumed_losses, _ = run(resumed_model, resumed_optimizer, resumed_gen, start, settings["steps"], log_every=10**9)
     print("losses after the resume == uninterrupted run:", resumed_losses == losses[start:])
-    """, "uses-exercise"),
+    """, "uses-exercise", "skip-grade"),
     md(r"""
     ## From a training checkpoint to a model you can use
 
@@ -319,10 +321,11 @@ cells = [
     model.save_pretrained(export, tokenizer=tokenizer)
     print(sorted(p.name for p in export.iterdir()))
     trained = Llama3.from_pretrained(export).eval()
-    """, "uses-exercise"),
+    """, "uses-exercise", "skip-grade"),
     code("""
     print(trained.generate_kv("Once upon a time", tokenizer=tokenizer, max_new_tokens=40, temperature=0))
-    """, "uses-exercise", "nbval-ignore-output"),
+    shutil.rmtree(workdir)  # the notebook's checkpoints
+    """, "uses-exercise", "nbval-ignore-output", "skip-grade"),
     md(r"""
     ## Longer runs: `python -m llama3 train`
 
@@ -338,9 +341,6 @@ cells = [
     ```
     """),
     code("""
-    import shutil
-
-    shutil.rmtree(workdir)  # the notebook's checkpoints
     from llama3.train import lr_schedule as reference_lr_schedule
 
     same = all(math.isclose(lr_schedule(s, warmup_steps=10, total_steps=100, max_lr=1.0, min_lr=0.1),
