@@ -85,7 +85,8 @@ def text_files(split: str, path: str | os.PathLike | None = None) -> list[Path]:
     files = sorted(p for p in path.glob(SPLIT_PATTERNS[split]) if p.is_file())
     if not files:
         raise FileNotFoundError(f"The folder {path} holds no {SPLIT_PATTERNS[split]} file for the {split} split: "
-                                f"pass a folder with TinyStories-train*.txt and TinyStories-valid*.txt, or a text file.")
+                                f"pass a folder with TinyStories-train*.txt and TinyStories-valid*.txt, "
+                                f"or a text file.")
     return files
 
 
@@ -188,7 +189,8 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: torc
         raise ValueError(f"The text has {len(tokens)} tokens, too short for one window of seq_len + 1 = {seq_len + 1}: "
                          f"give more text or a smaller seq_len.")
     starts = torch.randint(0, len(tokens) - seq_len, (batch_size,), generator=generator)  # start + T + 1 <= len
-    windows = torch.from_numpy(np.stack([np.asarray(tokens[s: s + seq_len + 1], dtype=np.int64) for s in starts.tolist()]))
+    windows = np.stack([np.asarray(tokens[s: s + seq_len + 1], dtype=np.int64) for s in starts.tolist()])
+    windows = torch.from_numpy(windows)  # (B, T + 1)
     x, y = windows[:, :-1], windows[:, 1:]  # (B, T) each
     if torch.device(device).type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)

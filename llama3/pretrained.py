@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,7 +40,9 @@ def load_model(folder: str | os.PathLike = PRETRAINED_DIR, device: str | torch.d
                                 f"Llama3.save_pretrained, such as the model/ folder of a training run.")
     if tokenizer is None and (folder / "tokenizer_config.json").is_file():
         tokenizer = folder
-    tok = load_tokenizer(tokenizer)
+    with warnings.catch_warnings():  # AutoTokenizer also reads our config.json as a transformers config: noise
+        warnings.simplefilter("ignore", FutureWarning)
+        tok = load_tokenizer(tokenizer)
     model = Llama3.from_pretrained(folder)
     if model.args.vocab_size != len(tok):
         raise ValueError(f"The model in {folder} has vocab_size={model.args.vocab_size} but the tokenizer has "

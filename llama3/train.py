@@ -29,8 +29,9 @@ import math
 import os
 import sys
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -119,7 +120,8 @@ class TrainConfig:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"Need 0 <= --min-lr <= --lr and --lr > 0, got lr={self.lr}, min_lr={self.min_lr}.")
         for name in ("dtype", "save_dtype"):
-            if getattr(self, name) not in ("auto", "float32", "bfloat16") or (name == "save_dtype" and self.save_dtype == "auto"):
+            allowed = ("auto", "float32", "bfloat16") if name == "dtype" else ("float32", "bfloat16")
+            if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be float32 or bfloat16"
                                  f"{' or auto' if name == 'dtype' else ''}, got {getattr(self, name)!r}.")
 
@@ -285,6 +287,39 @@ def plot_metrics(rows: list[dict], path: Path, title: str = "") -> None:
     os.replace(tmp, path)
 
 
+def plot_runs(runs: dict[str, tuple[str | os.PathLike, int]], path: str | os.PathLike,
+              max_tokens: float | None = None) -> None:
+    """Loss against tokens seen (left) and against training compute (right) for several runs: the model sizes
+    compared before choosing one. ``runs`` maps a label to (run folder, parameters without the input embedding);
+    compute is Kaplan et al.'s 6 * parameters * tokens. Lines: training loss (mean of 5 logs); dots: validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_tokens, by_flops) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, (folder, n_params) in runs.items():
+        rows = read_metrics(Path(folder) / "metrics.jsonl")
+        rows = [r for r in rows if max_tokens is None or r["tokens"] <= max_tokens]
+        train_rows = [r for r in rows if "loss" in r]
+        val = [r for r in rows if "val_loss" in r]
+        smooth = [sum(r["loss"] for r in train_rows[max(0, i - 4): i + 1]) / len(train_rows[max(0, i - 4): i + 1])
+                  for i in range(len(train_rows))]
+        for ax, scale in ((by_tokens, 1e-6), (by_flops, 6 * n_params / 1e15)):
+            line, = ax.plot([r["tokens"] * scale for r in train_rows], smooth, lw=1.2, label=label)
+            ax.plot([r["tokens"] * scale for r in val], [r["val_loss"] for r in val], "o", ms=4, color=line.get_color())
+    by_tokens.set_xlabel("tokens seen (millions)")
+    by_flops.set_xlabel("training compute (PFLOP, 6 x parameters x tokens)")
+    for ax in (by_tokens, by_flops):
+        ax.set_ylabel("loss (nats / token); dots: validation")
+        ax.set_ylim(top=5.0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def export_model(model: Llama3, tokenizer, folder: Path, dtype: str) -> None:
     """The model in save_pretrained form (config + safetensors + tokenizer), in ``dtype``."""
     export = model
@@ -314,7 +349,9 @@ def train(config: TrainConfig) -> list[dict]:
     if not config.resume and ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out-dir.")
 
-    tokenizer = load_tokenizer(config.tokenizer)
+    with warnings.catch_warnings():  # AutoTokenizer reads a checkpoint folder's config.json too: noise
+        warnings.simplefilter("ignore", FutureWarning)
+        tokenizer = load_tokenizer(config.tokenizer)
     train_data = TokenDataset(load_tokens("train", tokenizer, config.data), config.seq_len)
     if config.val_data is not None or config.data is None or Path(config.data).is_dir():
         val_data = TokenDataset(load_tokens("validation", tokenizer, config.val_data or config.data), config.seq_len)
@@ -347,7 +384,8 @@ def train(config: TrainConfig) -> list[dict]:
 
     raw_model = model
     if ddp.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ddp.local_rank] if device.startswith("cuda") else None)
+        device_ids = [ddp.local_rank] if device.startswith("cuda") else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     amp = autocast_dtype(config, device)
     local_batch = config.batch_size // ddp.world
     tokens_per_step = config.batch_size * config.grad_accum * config.seq_len

@@ -4,7 +4,8 @@ Why: GPT-2's 50,257-token vocabulary makes the embedding and output matrices of 
 each), which does not fit the 25 MB budget of the shipped checkpoint at a useful width. A 4096-token BPE trained on
 TinyStories covers its simple vocabulary with short sequences and leaves the parameters to the transformer layers.
 
-    python tools/train_tokenizer.py --data ../shared/tinystories --vocab-size 4096 --out assets/checkpoints/tinystories-4k
+    python tools/train_tokenizer.py --data ../shared/tinystories --vocab-size 4096 \
+        --out assets/checkpoints/llama3-tinystories
 
 The folder then loads with ``llama3.load_tokenizer(folder)``: "<|endoftext|>" is EOS (it separates stories in the
 text), "[PAD]" is the pad token. Validation text is never read.

@@ -1,0 +1,151 @@
+"""python -m llama3: --help everywhere, generate streams what generate_kv returns, eval's figures checked against
+Llama3.forward's own loss, and the shipped checkpoint (size, loading, a story)."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llama3 import Llama3, ModelArgs
+from llama3.__main__ import main
+from llama3.data import EOS_TOKEN
+from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model, load_pretrained
+from llama3.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A random 2-layer model saved with the shipped tokenizer, as save_pretrained writes it."""
+    tokenizer = load_tokenizer(PRETRAINED_DIR)
+    torch.manual_seed(0)
+    args = ModelArgs(len(tokenizer), tokenizer, d_model=32, heads=2, group_size=1, num_layers=2, max_seq_len=48,
+                     multiple_of=16)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    Llama3(args).save_pretrained(folder, tokenizer=tokenizer)
+    return folder
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["generate"]])
+def test_every_command_has_help(command, capsys):
+    argv = [*command, "--help"]
+    if command:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    else:
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and (not command or f"python -m llama3 {command[0]}" in out)
+
+
+def test_help_of_the_installed_module_in_a_fresh_process():
+    result = subprocess.run([sys.executable, "-m", "llama3", "generate", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "--top-p" in result.stdout and "--max-new-tokens" in result.stdout
+
+
+def test_unknown_command_is_refused(capsys):
+    assert main(["fly"]) == 2
+    assert "Unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_grade_forwards_its_arguments(monkeypatch):
+    grade = pytest.importorskip("llama3.grade", reason="llama3/grade.py is not there yet")
+    seen = []
+    monkeypatch.setattr(grade, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["grade", "notebook.ipynb", "--json"]) == 0
+    assert seen == [["notebook.ipynb", "--json"]]
+
+
+def test_generate_streams_exactly_what_generate_kv_returns(tiny_folder, capsys):
+    assert main(["generate", "Once upon a time", "--model", str(tiny_folder), "--max-new-tokens", "20",
+                 "--seed", "3", "--top-p", "0.9", "--temperature", "1.0"]) == 0
+    streamed = capsys.readouterr().out
+    model, tokenizer = load_model(tiny_folder)
+    expected = model.generate_kv("Once upon a time", tokenizer, max_new_tokens=20, seed=3, top_p=0.9)
+    assert streamed == expected + "\n"
+    assert main(["generate", "Once upon a time", "--model", str(tiny_folder), "--max-new-tokens", "20",
+                 "--seed", "3", "--top-p", "0.9", "--temperature", "1.0", "--no-stream"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_generate_refuses_bad_sampling_and_missing_models(tiny_folder, tmp_path):
+    with pytest.raises(ValueError, match="top_p"):
+        main(["generate", "Hi", "--model", str(tiny_folder), "--top-p", "1.5"])
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        main(["generate", "Hi", "--model", str(tmp_path)])
+
+
+def test_evaluate_equals_the_models_own_loss_on_a_text_within_one_window(tiny_folder):
+    model, tokenizer = load_model(tiny_folder)
+    text = f"Once upon a time there was a cat.\n{EOS_TOKEN}\nThe dog ran."
+    result = evaluate(model, tokenizer, text)
+    ids = torch.tensor([[tokenizer.eos_token_id, *tokenizer(text)["input_ids"]]])  # leading EOS, as evaluate does
+    assert ids.shape[1] <= model.args.max_seq_len
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss.item()  # transformers-style shift inside the model
+    assert result["tokens"] == ids.shape[1] - 1 and result["bytes"] == len(text.encode())
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(loss * result["tokens"] / math.log(2) / result["bytes"], rel=1e-5)
+
+
+def test_evaluate_scores_every_token_once_whatever_the_stride(tiny_folder):
+    """Long text, several windows: stride = window must equal the sum over consecutive chunks computed by hand,
+    and a smaller stride (more context) must give a finite loss over exactly the same number of tokens."""
+    model, tokenizer = load_model(tiny_folder)
+    text = " ".join(f"word{i}" for i in range(150))
+    ids = torch.tensor([tokenizer.eos_token_id, *tokenizer(text)["input_ids"]])
+    window = model.args.max_seq_len
+    nll = 0.0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, window):
+            chunk = ids[start: start + window + 1][None]
+            nll += model(chunk[:, :-1]).logits.log_softmax(-1).gather(-1, chunk[:, 1:, None]).sum().neg().item()
+    full = evaluate(model, tokenizer, text, stride=window)
+    assert full["tokens"] == len(ids) - 1
+    assert full["loss"] == pytest.approx(nll / (len(ids) - 1), rel=1e-5)
+    assert evaluate(model, tokenizer, text, stride=7)["tokens"] == len(ids) - 1
+    with pytest.raises(ValueError, match="stride"):
+        evaluate(model, tokenizer, text, stride=0)
+
+
+def test_eval_command_prints_loss_perplexity_and_bits_per_byte(tiny_folder, tmp_path, capsys):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(f"Once upon a time there was a cat.\n{EOS_TOKEN}\n")
+    assert main(["eval", str(text_file), "--model", str(tiny_folder)]) == 0
+    out = capsys.readouterr().out
+    model, tokenizer = load_model(tiny_folder)
+    result = evaluate(model, tokenizer, text_file.read_text())
+    assert f"loss: {result['loss']:.4f}" in out and f"bits per byte: {result['bits_per_byte']:.4f}" in out
+    assert "perplexity:" in out
+    with pytest.raises(FileNotFoundError, match="text file"):
+        main(["eval", str(tmp_path / "missing.txt"), "--model", str(tiny_folder)])
+
+
+# ------------------------------------------------------------------------------------------ the shipped model
+def test_the_shipped_checkpoint_fits_25_mb_and_loads():
+    files = {p.name: p.stat().st_size for p in PRETRAINED_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(files)
+    assert sum(files.values()) <= 25 * 1024 * 1024
+    model, tokenizer = load_pretrained()
+    assert model.args.vocab_size == len(tokenizer) == 4096
+    assert tokenizer.decode(tokenizer("Once upon a time")["input_ids"]) == "Once upon a time"
+    assert load_tokenizer().encode("Hello world") == [15496, 995]  # the seed's GPT-2 default is untouched
+
+
+def test_the_shipped_model_writes_a_story(capsys):
+    assert main(["generate", "Once upon a time", "--max-new-tokens", "40", "--seed", "0"]) == 0
+    story = capsys.readouterr().out
+    assert story.startswith("Once upon a time") and len(story.split()) > 20
+
+
+def test_the_shipped_model_knows_tinystories_better_than_chance():
+    """On held-out-style text it must beat a uniform guess over 4096 tokens by far (ln 4096 = 8.3 nats)."""
+    model, tokenizer = load_pretrained()
+    text = ("Once upon a time, there was a little girl named Lily. She loved to play with her ball in the park. "
+            "One day, she saw a big dog. The dog was friendly and wanted to play too. Lily and the dog played all "
+            "day. They were very happy.")
+    assert evaluate(model, tokenizer, text)["loss"] < 3.0

@@ -1,0 +1,177 @@
+"""llama3.train: the schedule, exact resume, safe checkpoints, clear errors, and DDP equal to one process."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llama3 import train as train_module
+from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model
+from llama3.train import TrainConfig, atomic_torch_save, load_checkpoint, lr_schedule, train
+from tests.test_data import write_tinystories
+
+
+def tiny_config(tmp_path, data, **overrides) -> TrainConfig:
+    """A 2-layer, 32-wide model on 32-token windows: a step takes milliseconds."""
+    values = dict(data=str(data), tokenizer=str(PRETRAINED_DIR), out_dir=str(tmp_path / "run"), d_model=32, heads=2,
+                  group_size=1, num_layers=2, seq_len=32, multiple_of=16, batch_size=4, steps=8, warmup_steps=2,
+                  lr=3e-3, min_lr=3e-4, eval_interval=4, eval_windows=4, log_interval=1, ckpt_interval=3,
+                  threads=1, progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def stories(tmp_path_factory):
+    return write_tinystories(tmp_path_factory.mktemp("tinystories"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "token_cache"))
+
+
+def losses(rows, key="loss"):
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    kw = dict(warmup_steps=10, total_steps=110, max_lr=1e-3, min_lr=1e-4)
+    assert lr_schedule(0, **kw) == 0.0
+    assert lr_schedule(5, **kw) == pytest.approx(5e-4)
+    assert lr_schedule(10, **kw) == pytest.approx(1e-3)
+    assert lr_schedule(60, **kw) == pytest.approx((1e-3 + 1e-4) / 2)  # half-way down the cosine
+    assert lr_schedule(35, **kw) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 4)) * 9e-4)
+    assert lr_schedule(110, **kw) == pytest.approx(1e-4)
+    assert lr_schedule(500, **kw) == pytest.approx(1e-4)
+    decay = [lr_schedule(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert lr_schedule(0, warmup_steps=0, total_steps=10, max_lr=1.0, min_lr=0.0) == 1.0
+
+
+def test_lr_schedule_refuses_impossible_lengths():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_schedule(0, warmup_steps=20, total_steps=10, max_lr=1.0, min_lr=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_training_learns_and_writes_metrics_curve_and_model(tmp_path, stories):
+    config = tiny_config(tmp_path, stories, steps=30, warmup_steps=3, lr=1e-2, eval_interval=10)
+    rows = train(config)
+    val = losses(rows, "val_loss")
+    assert val[30] < val[10] < math.log(4096)  # the synthetic stories are easy: the loss must fall
+    out = tmp_path / "run"
+    assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows
+    assert (out / "loss.png").stat().st_size > 1000
+    model, tokenizer = load_model(out / "model")
+    assert model.args.d_model == 32 and len(tokenizer) == 4096
+    assert evaluate(model, tokenizer, (stories / "TinyStories-valid.small.txt").read_text())["loss"] < math.log(4096)
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stories):
+    full = train(tiny_config(tmp_path / "a", stories, dropout=0.1))  # dropout: the torch RNG state matters too
+    first = train(tiny_config(tmp_path / "b", stories, dropout=0.1, stop_after=5))
+    assert max(losses(first)) == 5
+    rest = train(tiny_config(tmp_path / "b", stories, dropout=0.1, resume=True))
+    assert losses(rest) == losses(full)  # bit-exact, every step
+    assert losses(rest, "val_loss") == losses(full, "val_loss")
+    assert json.loads((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()[-1]) == rest[-1]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, stories):
+    big = train(tiny_config(tmp_path / "a", stories, batch_size=8, steps=3))
+    accumulated = train(tiny_config(tmp_path / "b", stories, batch_size=4, grad_accum=2, steps=3))
+    for step, loss in losses(big).items():
+        assert losses(accumulated)[step] == pytest.approx(loss, abs=1e-5)
+
+
+def test_resume_refuses_missing_corrupt_and_mismatched_checkpoints(tmp_path, stories):
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        train(tiny_config(tmp_path, stories, resume=True))
+    train(tiny_config(tmp_path, stories, stop_after=2))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(tmp_path, stories))
+    with pytest.raises(ValueError, match="d_model: checkpoint 32, now 48"):
+        train(tiny_config(tmp_path, stories, d_model=48, resume=True))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a truncated file
+    with pytest.raises(ValueError, match="corrupt"):
+        train(tiny_config(tmp_path, stories, resume=True))
+    torch.save({"something": "else"}, ckpt)
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        load_checkpoint(ckpt)
+
+
+def test_a_failed_save_never_destroys_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"step": 1}, path)
+    good = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_module.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_torch_save({"step": 2}, path)
+    assert path.read_bytes() == good
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_training_survives_a_full_disk_and_keeps_the_last_good_checkpoint(tmp_path, stories, monkeypatch, capsys):
+    config = tiny_config(tmp_path, stories, steps=6, ckpt_interval=3)
+    real_save = train_module.atomic_torch_save
+    calls = []
+
+    def save_then_fail(obj, path):
+        calls.append(obj["step"])
+        if obj["step"] > 3:
+            raise OSError(28, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(train_module, "atomic_torch_save", save_then_fail)
+    rows = train(config)
+    assert calls == [3, 6] and max(losses(rows)) == 6  # training went on after the failed save
+    assert "could not save the checkpoint at step 6" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+
+
+def test_bad_settings_are_refused_with_the_flag_name(tmp_path, stories):
+    with pytest.raises(ValueError, match="--warmup-steps"):
+        train(tiny_config(tmp_path, stories, warmup_steps=20))
+    with pytest.raises(ValueError, match="--dtype"):
+        train(tiny_config(tmp_path, stories, dtype="float16"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(tiny_config(tmp_path, tmp_path / "no_such_data"))
+
+
+# --------------------------------------------------------------------------------------------------- DDP
+def test_ddp_two_processes_give_the_losses_of_one_process_on_the_same_global_batch(tmp_path, stories):
+    """torchrun with 2 CPU processes (gloo): each takes half of the global batch; the averaged gradients and losses
+    must equal those of one process that sees the whole batch."""
+    single = train(tiny_config(tmp_path / "one", stories, steps=4, eval_interval=2))
+    config = tiny_config(tmp_path / "two", stories, steps=4, eval_interval=2)
+    flags = []
+    for key, value in config.to_dict().items():
+        if value is None or key in ("threads",):
+            continue
+        if isinstance(value, bool):
+            flags.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
+        else:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "llama3", "train", *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "2 process(es)" in result.stderr
+    assert losses(rows).keys() == losses(single).keys()
+    for step, loss in losses(single).items():
+        assert losses(rows)[step] == pytest.approx(loss, abs=1e-5)
+    for step, loss in losses(single, "val_loss").items():
+        assert losses(rows, "val_loss")[step] == pytest.approx(loss, abs=1e-5)
