@@ -1,7 +1,6 @@
 """check_decoder_layer accepts correct DecoderLayers and rejects each planted mistake with its own hint."""
 
 import pytest
-import torch
 from torch import nn
 
 from llama3 import DecoderLayer

@@ -133,7 +133,9 @@ def _check_config(cls, d_model: int, heads: int, group_size: int, use_flash: boo
                 fail(f"{where}: with a KV cache, the new position attends only to itself: pass kv_cache and "
                      f"start_pos on to self.attention(..., mask, kv_cache, start_pos).")
             if not close(out, full[:, step], atol=ATOL):
-                err = (out.float() - full[:, step]).abs().max().item() if isinstance(out, torch.Tensor) else float("nan")
+                err = float("nan")
+                if isinstance(out, torch.Tensor) and out.shape == full[:, step].shape:
+                    err = (out.float() - full[:, step]).abs().max().item()
                 fail(f"{where}: cached decoding at start_pos={pos} differs from the full-sequence output (max abs "
                      f"error {err:.3g}): pass kv_cache and start_pos on to self.attention unchanged.")
 

@@ -92,8 +92,9 @@ def check_top_p(top_p_fn) -> None:
             for wrong, hint in _top_p_variants(logits, p).values():
                 if torch.equal(keep, wrong):
                     fail(f"{what}: {hint}")
-            fail(f"{what}: kept tokens {keep.nonzero()[:, -1].tolist()}, expected {expected_keep.nonzero()[:, -1].tolist()}"
-                 f". Keep the smallest set of most likely tokens whose probabilities add up to at least p.")
+            kept, expected = keep.nonzero()[:, -1].tolist(), expected_keep.nonzero()[:, -1].tolist()
+            fail(f"{what}: kept tokens {kept}, expected {expected}. Keep the smallest set of most likely tokens whose "
+                 f"probabilities add up to at least p.")
         if bool(out[keep].ne(logits[keep]).any()):
             fail(f"{what}: the kept logits must be returned unchanged (return logits, not probabilities; the "
                  f"softmax afterwards renormalises).")

@@ -127,7 +127,8 @@ def _reference_step(model, optimizer, x, y, lr, grad_clip, *, zero_grad=True, se
 STEP_VARIANTS = {
     "zero_grad": ({"zero_grad": False},
                   "The gradients are never reset, so each step adds to the previous step's gradients: call "
-                  "optimizer.zero_grad(set_to_none=True) once per step (after optimizer.step(), or before backward())."),
+                  "optimizer.zero_grad(set_to_none=True) once per step (after optimizer.step(), or before "
+                  "backward())."),
     "set_lr": ({"set_lr": False},
                "The learning rate passed in is not used: set group['lr'] = lr for every group in "
                "optimizer.param_groups before optimizer.step()."),
@@ -198,7 +199,7 @@ def check_train_step(train_step_fn) -> None:
             fail(f"{what}: {STEP_VARIANTS['shift_again'][1]}")
         fail(f"{what}: the first loss is {ours[0][0]:.5f}, expected {expected[0][0]:.5f}: the loss is "
              f"F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()), computed before the update.")
-    for name, (switches, hint) in STEP_VARIANTS.items():
+    for switches, hint in STEP_VARIANTS.values():
         if _same_run(ours, _run_steps(None, 0, lrs, grad_clip, what, **switches)):
             fail(f"{what}: {hint}")
     fail(f"{what}: the losses {[round(v, 5) for v in ours[0]]} or the weights after the steps differ from the "

@@ -152,7 +152,8 @@ cells = [
 
     $$
     \underbrace{d \cdot H d_h}_{w_q} + \underbrace{2 \cdot d \cdot H_{kv} d_h}_{w_k,\,w_v}
-    + \underbrace{H d_h \cdot d}_{w_o} + \underbrace{3 \cdot d \cdot d_{ff}}_{w_1,\,w_2,\,w_3} + \underbrace{2d}_{\text{norms}}.
+    + \underbrace{H d_h \cdot d}_{w_o} + \underbrace{3 \cdot d \cdot d_{ff}}_{w_1,\,w_2,\,w_3}
+    + \underbrace{2d}_{\text{norms}}.
     $$
     """),
     code("""

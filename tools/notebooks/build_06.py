@@ -383,7 +383,8 @@ cells = [
         ours = yours(ids_hf, labels=ids_hf)
     logits_difference = (ours.logits - theirs.logits).abs().max().item()
     loss_difference = abs(ours.loss.item() - theirs.loss.item())
-    print("logits equal (within 1e-5):", logits_difference < 1e-5, "| loss equal (within 1e-6):", loss_difference < 1e-6)
+    print("logits equal (within 1e-5):", logits_difference < 1e-5)
+    print("loss equal (within 1e-6):  ", loss_difference < 1e-6)
     """, "uses-exercise"),
     code("""
     print(f"max |yours - transformers| over the logits: {logits_difference:.1e}")

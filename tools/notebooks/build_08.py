@@ -344,7 +344,8 @@ cells = [
     torch.manual_seed(0)
     logits = 3 * torch.randn(4, 100)
     print("top_p_filter == llama3's:", torch.equal(top_p_filter(logits, 0.8), reference_top_p(logits, 0.8)))
-    print("greedy sample_next_token == llama3's:", torch.equal(sample_next_token(logits, 0), reference_sample(logits, 0)))
+    greedy_same = torch.equal(sample_next_token(logits, 0), reference_sample(logits, 0))
+    print("greedy sample_next_token == llama3's:", greedy_same)
     batch = model.generate_kv(["Once upon a time", "The dog was"], tokenizer=tokenizer, max_new_tokens=20,
                               temperature=0)
     print(f"a batch of {len(batch)} prompts, left-padded inside generate_kv")
