@@ -81,6 +81,7 @@ class TrainConfig:
     ffn_hidden_dim: int | None = None
     tie_embeddings: bool = False
     dropout: float = 0.0
+    init_from: str | None = None  # start from these weights (a save_pretrained folder) instead of a random init
     # optimisation
     batch_size: int = 16  # windows per micro-step, over all processes
     grad_accum: int = 1  # micro-steps per optimiser step
@@ -363,6 +364,12 @@ def train(config: TrainConfig) -> list[dict]:
     torch.manual_seed(config.seed)  # the initial weights
     model_args = config.model_args(tokenizer)
     model = Llama3(model_args).to(device)
+    if config.init_from is not None:  # a second phase: same architecture, a fresh optimiser and schedule
+        start = Llama3.from_pretrained(config.init_from)
+        if start.args.to_dict() != model_args.to_dict():
+            raise ValueError(f"--init-from {config.init_from} holds a model with other settings than this run's: "
+                             f"{start.args.to_dict()} vs {model_args.to_dict()}. Use the same --d-model, --heads...")
+        model.load_state_dict({k: v.float() for k, v in start.state_dict().items()})
     optimizer = configure_optimizer(model, config)
     schedule = lambda step: lr_schedule(step, warmup_steps=config.warmup_steps, total_steps=config.steps,
                                         max_lr=config.lr, min_lr=config.min_lr) / config.lr
