@@ -51,5 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     return COMMANDS[command][0](rest)
 
 
+def run() -> int:
+    """The console entry point: bad input ends with a one-line message instead of a traceback."""
+    try:
+        return main()
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -149,3 +149,10 @@ def test_the_shipped_model_knows_tinystories_better_than_chance():
             "One day, she saw a big dog. The dog was friendly and wanted to play too. Lily and the dog played all "
             "day. They were very happy.")
     assert evaluate(model, tokenizer, text)["loss"] < 3.0
+
+
+def test_the_command_line_prints_a_one_line_error_for_bad_input(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llama3", "generate", "Hi", "--model", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: No model at") and "Traceback" not in result.stderr
