@@ -1,7 +1,7 @@
 """The model that ships with the course, and the ``eval`` and ``generate`` commands.
 
 ``assets/checkpoints/llama3-tinystories/`` holds a small Llama 3 trained on TinyStories with ``python -m llama3 train``
-(see docs/model_card.md): config.json and model.safetensors written by ``Llama3.save_pretrained``, and the 4096-token
+(see the model card in README.md): config.json and model.safetensors written by ``Llama3.save_pretrained``, and the 4096-token
 byte-level BPE it was trained with (``load_tokenizer(PRETRAINED_DIR)`` reads it). Everything is local: it works
 offline.
 
