@@ -201,8 +201,8 @@ cells = [
         settings = dict(d_model=256, heads=8, group_size=2, num_layers=6, batch_size=32, steps=2000, warmup=100,
                         max_lr=1e-3, min_lr=1e-4, eval_every=100, checkpoint_at=1000)
     else:
-        settings = dict(d_model=128, heads=4, group_size=2, num_layers=4, batch_size=8, steps=60, warmup=6,
-                        max_lr=3e-3, min_lr=3e-4, eval_every=20, checkpoint_at=40)
+        settings = dict(d_model=128, heads=4, group_size=2, num_layers=4, batch_size=8, steps=120, warmup=10,
+                        max_lr=3e-3, min_lr=3e-4, eval_every=20, checkpoint_at=80)
     args = ModelArgs(len(tokenizer), tokenizer, d_model=settings["d_model"], heads=settings["heads"],
                      group_size=settings["group_size"], num_layers=settings["num_layers"],
                      max_seq_len=train_data.seq_len, multiple_of=32)
@@ -237,7 +237,7 @@ cells = [
                     "data_generator": data_gen.get_state(), "torch_rng": torch.get_rng_state()}, path)
 
 
-    def run(model, optimizer, data_gen, start, end, checkpoint=None, log_every=10):
+    def run(model, optimizer, data_gen, start, end, checkpoint=None, log_every=20):
         """Steps start..end-1 with your lr_schedule and train_step; returns the losses and validation points."""
         losses, val_points = [], []
         model.train()
