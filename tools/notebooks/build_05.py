@@ -126,7 +126,7 @@ cells = [
             super().__init__()
             # names fixed: attention_norm, attention, ffn_norm, feed_forward (and self.dropout)
             ### BEGIN SOLUTION
-            ### HINT: create attention_norm, attention, ffn_norm, feed_forward (and self.dropout = args.dropout)
+            ### HINT: the four sub-modules named above, sized from args (norm_eps, multiple_of, ...)
             self.attention_norm = RMSNorm(args.d_model, eps=args.norm_eps)
             self.attention = MultiHeadGQAttention(args)
             self.ffn_norm = RMSNorm(args.d_model, eps=args.norm_eps)
@@ -136,7 +136,7 @@ cells = [
 
         def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):  # (B, T, d) -> (B, T, d)
             ### BEGIN SOLUTION
-            ### HINT: h = x + attention(attention_norm(x), ...); return h + feed_forward(ffn_norm(h))
+            ### HINT: pre-norm: each branch reads a normalised copy; its output is ADDED to the un-normalised stream
             attended = self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
             h = x + F.dropout(attended, self.dropout, self.training)  # the residual adds to the UN-normalised x
             return h + F.dropout(self.feed_forward(self.ffn_norm(h)), self.dropout, self.training)

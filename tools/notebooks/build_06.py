@@ -118,7 +118,7 @@ cells = [
     def causal_lm_loss(logits, labels, attention_mask=None):
         """Mean cross-entropy of predicting labels[:, t+1] from logits[:, t]; -100 and padding are ignored."""
         ### BEGIN SOLUTION
-        ### HINT: shift (logits[:, :-1] vs labels[:, 1:]); -100 where the target or its input is padding
+        ### HINT: position t predicts label t+1; ignore -100 and positions whose target or input is padding
         targets = labels[:, 1:]                                      # (B, T-1): the token after each position
         if attention_mask is not None:
             real = attention_mask.bool()
@@ -176,7 +176,7 @@ cells = [
             self.args = args
             # names fixed: tok_embeddings, rope, layers, norm, output (tied to tok_embeddings if tie_embeddings)
             ### BEGIN SOLUTION
-            ### HINT: embedding, RoPE(head_dim, theta, scaling), ModuleList of DecoderLayer, RMSNorm, Linear head
+            ### HINT: the five modules named above; tie the head to the embedding when args.tie_embeddings
             self.tok_embeddings = nn.Embedding(args.vocab_size, args.d_model)
             self.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)
             self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_layers))

@@ -112,7 +112,7 @@ cells = [
         """Nucleus filtering (Holtzman et al., 2020): keep the smallest set of most likely tokens whose probabilities
         add up to at least p; set the other logits to -inf. logits (B, V)."""
         ### BEGIN SOLUTION
-        ### HINT: sort descending, softmax, mass BEFORE each token (cumsum - probs) < p keeps it; unsort the mask
+        ### HINT: sort descending; a token stays while the probability BEFORE it is < p; mask back in vocabulary order
         if p >= 1.0:
             return logits
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
@@ -140,7 +140,7 @@ cells = [
     def sample_next_token(logits, temperature=1.0, top_p=1.0, top_k=None, generator=None):
         """logits (B, V) of the last position -> next token ids (B,). temperature=0 is greedy."""
         ### BEGIN SOLUTION
-        ### HINT: greedy at temperature 0; else logits / temperature, top-k, top-p, softmax, multinomial (B, 1)
+        ### HINT: temperature 0 is argmax; otherwise temper the logits, filter, softmax, draw with the generator
         if temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits.float() / temperature
