@@ -264,12 +264,12 @@ cells = [
     ## The cache's speed-up, measured
 
     Both of the package's loops accept a `stream` callback, called with each new token as it is sampled. We
-    record the time of each token for 100 new tokens, without the cache (`model.generate`) and with it
+    record the time of each token for 240 new tokens, without the cache (`model.generate`) and with it
     (`model.generate_kv`), and time your loop too. Timings vary from machine to machine and run to run; the
     shape of the curves does not: without the cache each token costs more than the one before.
     """),
     code("""
-    def token_times(generate_fn, n=100):
+    def token_times(generate_fn, n=240):
         \"\"\"Seconds from the start to each of n new tokens (greedy, no early stop).\"\"\"
         times, t0 = [], time.perf_counter()
         generate_fn(start, max_new_tokens=n, temperature=0, eos_token_id=-1,
@@ -280,23 +280,23 @@ cells = [
     without_cache = token_times(model.generate)
     with_cache = token_times(model.generate_kv)
     t0 = time.perf_counter()
-    generate_kv(model, start, max_new_tokens=100)
+    generate_kv(model, start, max_new_tokens=240)
     yours_seconds = time.perf_counter() - t0
 
     plt.figure(figsize=(7, 4))
-    plt.plot(range(1, 101), without_cache, label="without cache: generate")
-    plt.plot(range(1, 101), with_cache, label="with KV cache: generate_kv")
+    plt.plot(range(1, 241), without_cache, label="without cache: generate")
+    plt.plot(range(1, 241), with_cache, label="with KV cache: generate_kv")
     plt.xlabel("tokens generated")
     plt.ylabel("seconds since the start")
     plt.title("Quadratic vs linear decoding")
     plt.legend()
     plt.tight_layout()
     plt.show()
-    print(f"100 tokens: without cache {without_cache[-1]:.2f} s, with cache {with_cache[-1]:.2f} s "
+    print(f"240 tokens: without cache {without_cache[-1]:.2f} s, with cache {with_cache[-1]:.2f} s "
           f"-> {without_cache[-1] / with_cache[-1]:.1f}x faster; your loop {yours_seconds:.2f} s")
     """, "uses-exercise", "nbval-ignore-output", "skip-grade"),
     md(r"""
-    The gap grows with the length: at 100 tokens of a small model it is a few times, for a 1,000-token answer
+    The gap grows with the length: at 240 tokens of a small model it is a few times, for a 1,000-token answer
     of an 8B model it is the difference between usable and not. `model.generate_kv(..., compile=True)` goes
     further: a static-shape decode step under `torch.compile`; `benchmarks/` compares the package's speed with
     `transformers` on the same weights.
