@@ -411,7 +411,7 @@ cells = [
     `hf auth login` once), set `RUN_HUB_DEMO = True` below: it downloads 2.5 GB, loads the weights into `Llama3`
     (about 2.5 GB of RAM in bfloat16: the file is memory-mapped, not copied) and lets the model finish a
     sentence. The same call loads Llama 3.1 8B (16 GB) or any Llama 3.x checkpoint in the Hugging Face format;
-    `docs/real_checkpoints.md` has the details (Meta's own format, memory, parity). `add_pad=False` matters:
+    the README (section *Real Llama 3 weights*) has the details (Meta's own format, memory, parity). `add_pad=False` matters:
     Llama's tokenizer must not get the course's extra `[PAD]` token, whose id would fall outside the embedding.
     """),
     code("""

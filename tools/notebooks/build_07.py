@@ -332,7 +332,7 @@ cells = [
     `llama3/train.py` is this loop with what a real run adds: gradient accumulation, bfloat16 autocast on GPUs,
     several GPUs with `torchrun` (DDP), a progress bar, metrics in `metrics.jsonl`, periodic checkpoints written
     atomically (a crash while saving never destroys the previous one) and `--resume`. The shipped checkpoint was
-    trained with it (see `docs/model_card.md`):
+    trained with it (see the model card in the README):
 
     ```bash
     python -m llama3 train --data path/to/tinystories --tokenizer assets/checkpoints/llama3-tinystories \
