@@ -411,8 +411,9 @@ cells = [
     `hf auth login` once), set `RUN_HUB_DEMO = True` below: it downloads 2.5 GB, loads the weights into `Llama3`
     (about 2.5 GB of RAM in bfloat16: the file is memory-mapped, not copied) and lets the model finish a
     sentence. The same call loads Llama 3.1 8B (16 GB) or any Llama 3.x checkpoint in the Hugging Face format;
-    the README (section *Real Llama 3 weights*) has the details (Meta's own format, memory, parity). `add_pad=False` matters:
-    Llama's tokenizer must not get the course's extra `[PAD]` token, whose id would fall outside the embedding.
+    the README (section *Real Llama 3 weights*) has the details (Meta's own format, memory, parity).
+    `add_pad=False` matters: Llama's tokenizer must not get the course's extra `[PAD]` token, whose id would fall
+    outside the embedding.
     """),
     code("""
     RUN_HUB_DEMO = False  # True downloads meta-llama/Llama-3.2-1B (2.5 GB, gated: accept the licence, log in first)

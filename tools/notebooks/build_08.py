@@ -353,8 +353,8 @@ cells = [
     md(r"""
     That completes the course: from rotary embeddings (01) to a model that writes stories. Where to go next:
     train a bigger model with `python -m llama3 train` (notebook 07), load Meta's Llama 3.2 1B into the same
-    class (notebook 06, the README (section *Real Llama 3 weights*)), or read `llama3/` from top to bottom: every file is one of
-    the notebooks.
+    class (notebook 06 and the README's section *Real Llama 3 weights*), or read `llama3/` from top to bottom:
+    every file is one of the notebooks.
     """),
 ]
 
