@@ -50,7 +50,7 @@ def best_of(fns: dict, repeats: int, device) -> dict:
     return best
 
 
-def copy_bandwidth(device, nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
+def copy_bandwidth(device, nbytes: int = 2**30, repeats: int = 5) -> float:
     """Bytes per second of a large tensor copy (read + write), the memory-bandwidth yardstick."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
