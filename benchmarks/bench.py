@@ -280,7 +280,6 @@ def main(argv=None):
             entry["kv_cache_bytes"] = {"gqa": gqa_bytes, "mha": mha_bytes}
             rows.append((f"seed config: KV cache bytes at {args.max_seq_len} tokens, GQA (group 2) vs multi-head",
                          mha_bytes, gqa_bytes, "GQA (ratio = memory saved)", ""))
-        del model, hf
 
     lengths = (128, 256) if opts.quick else (128, 256, 512, 1024)
     for length, speedup, err in bench_attention(device, dtype, lengths, repeats):

@@ -82,7 +82,6 @@ def args_from_hf_config(config, **overrides) -> ModelArgs:
     if heads % kv_heads:
         raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}.")
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    eos = cfg.get("eos_token_id")
     values = dict(
         vocab_size=cfg["vocab_size"],
         d_model=cfg["hidden_size"],
@@ -98,7 +97,6 @@ def args_from_hf_config(config, **overrides) -> ModelArgs:
         head_dim=head_dim,
         pad_token_id=cfg.get("pad_token_id"),
     )
-    del eos
     values.update(overrides)
     return ModelArgs(**values)
 

@@ -1,9 +1,9 @@
 """The model that ships with the course, and the ``eval`` and ``generate`` commands.
 
 ``assets/checkpoints/llama3-tinystories/`` holds a small Llama 3 trained on TinyStories with ``python -m llama3 train``
-(see the model card in README.md): config.json and model.safetensors written by ``Llama3.save_pretrained``, and the 4096-token
-byte-level BPE it was trained with (``load_tokenizer(PRETRAINED_DIR)`` reads it). Everything is local: it works
-offline.
+(see the model card in README.md): config.json and model.safetensors written by ``Llama3.save_pretrained``, and the
+4096-token byte-level BPE it was trained with (``load_tokenizer(PRETRAINED_DIR)`` reads it). Everything is local: it
+works offline.
 
     model, tokenizer = load_pretrained()
     print(model.generate_kv("Once upon a time", tokenizer=tokenizer, top_p=0.9, max_new_tokens=200))
