@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None =
     pad token; generation then pads with EOS). The length is checked: transformers 5 returns an EMPTY tokenizer,
     without an error, when asked for "gpt2" offline, and that must never pass silently.
     """
-    from transformers import AutoTokenizer, GPT2TokenizerFast
+    from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
     folder = Path(path) if path is not None else GPT2_DIR
     if not folder.is_dir():
@@ -29,6 +30,10 @@ def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None =
         if len(tokenizer) != 50257:
             raise RuntimeError(f"The GPT-2 tokenizer in {folder} has {len(tokenizer)} tokens instead of 50257: "
                                f"the vendored files are damaged.")
+    elif (folder / "tokenizer.json").is_file() and not _is_hf_model_folder(folder):
+        # A save_pretrained folder of this package: its config.json is ModelArgs, which AutoTokenizer would try
+        # (and fail, noisily) to read as a transformers config.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     else:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if len(tokenizer) < 2:
@@ -38,3 +43,8 @@ def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None =
     if add_pad and tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
+
+
+def _is_hf_model_folder(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and "model_type" in json.loads(config.read_text())
