@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llama3.kv_cache import KV_Cache
+from llama3.generation import new_kv_caches
 from llama3.norm import rms_norm
 from llama3.rope import apply_rotary
 
@@ -128,13 +128,10 @@ def compiled_decode_step(device_type: str):
 def start_fast_decoding(model, ids, mask, total_len, compile: bool = False):
     """Prefill through the readable model, then decode on the static-shape step. Same contract as
     ``generation.start_decoding``: returns (logits of the last prompt position, next_logits(token, position))."""
-    args = model.args
     batch, prompt_len = ids.shape
     device = ids.device
-    dtype = model.tok_embeddings.weight.dtype
     weights = fast_weights(model)
-    caches = [KV_Cache(batch, args.n_kv_heads, total_len, args.head_dim, dtype, device)
-              for _ in range(args.num_layers)]
+    caches = new_kv_caches(model, batch, total_len)
     logits = model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1]  # prefill
     buffers = [(c.k_cache, c.v_cache) for c in caches]
     if compile and device.type == "cuda":

@@ -182,27 +182,28 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     return decode_output(prompt, out, mask, tokenizer)
 
 
+def new_kv_caches(model, batch: int, length: int) -> list[KV_Cache]:
+    """One KV_Cache per layer, sized for this call: `batch` rows of `length` positions."""
+    args, weight = model.args, model.tok_embeddings.weight
+    return [KV_Cache(batch, args.n_kv_heads, length, args.head_dim, weight.dtype, weight.device)
+            for _ in range(args.num_layers)]
+
+
 def start_decoding(model, ids, mask, total_len, use_cache):
     """The readable path: prefill, and a function that feeds one new token (with the KV caches) or the whole
     sequence (without) back into the model. Returns (logits (B, vocab) of the last prompt position, next_logits)."""
-    args = model.args
-    batch = ids.shape[0]
-    caches = None
-    if use_cache:
-        dtype = next(model.parameters()).dtype
-        caches = [KV_Cache(batch, args.n_kv_heads, total_len, args.head_dim, dtype, ids.device)
-                  for _ in range(args.num_layers)]
-    state = {"seq": ids, "mask": mask}
+    caches = new_kv_caches(model, ids.shape[0], total_len) if use_cache else None
+    seq = ids
 
     def next_logits(token: torch.Tensor, cur_len: int) -> torch.Tensor:
         """token (B,) sits at position cur_len; returns the logits (B, vocab) that follow it."""
-        if state["mask"] is not None:
-            state["mask"] = F.pad(state["mask"], (0, 1), value=1)
+        nonlocal seq, mask
+        if mask is not None:
+            mask = F.pad(mask, (0, 1), value=1)
         if use_cache:
-            return model(token[:, None], state["mask"], kv_caches=caches, start_pos=cur_len,
-                         logits_to_keep=1).logits[:, -1]
-        state["seq"] = torch.cat([state["seq"], token[:, None]], dim=1)
-        return model(state["seq"], state["mask"], logits_to_keep=1).logits[:, -1]
+            return model(token[:, None], mask, kv_caches=caches, start_pos=cur_len, logits_to_keep=1).logits[:, -1]
+        seq = torch.cat([seq, token[:, None]], dim=1)
+        return model(seq, mask, logits_to_keep=1).logits[:, -1]
 
     return model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1], next_logits
 
