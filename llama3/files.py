@@ -1,0 +1,76 @@
+"""File names and atomic writes, defined once for the whole package.
+
+Every file the package writes (weights, configs, checkpoints, metrics, plots, tokenizer files, grades) goes through
+``atomic_write``: it is written to a temporary file in the same folder, flushed to disk and renamed over the target,
+so a crash, a Ctrl-C or a full disk leaves either the old file or the new one, never half of one. Any error while
+writing, whatever its type (``torch.save`` reports a full disk as ``RuntimeError``), is raised as ``OSError`` naming
+the file, so callers that keep going after a failed save need to catch one type only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+CONFIG_NAME = "config.json"  # ModelArgs as JSON (save_pretrained) or a transformers LlamaConfig (Hugging Face)
+SAFETENSORS_NAME = "model.safetensors"  # the weights, save_pretrained's default and Hugging Face's single file
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's sharded weights
+PTH_NAME = "model.pth"  # the weights as a torch pickle (save_pretrained(safe_serialization=False))
+CHECKPOINT_NAME = "checkpoint.pt"  # a training checkpoint: model, optimiser, RNG states, step
+PAD_TOKEN = "[PAD]"  # added to GPT-2's vocabulary (id 50257), which has no padding token
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on success fsync it and rename it to ``path``.
+
+    On any error the temporary file is removed, the previous file at ``path`` (if any) is untouched, and the error
+    is raised again as ``OSError`` naming ``path`` (``KeyboardInterrupt`` and ``SystemExit`` pass through as they are).
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """For writers that want a file name, not a file object (safetensors' ``save_file``, matplotlib's ``savefig``,
+    a tokenizer's ``save``): ``write(tmp_path)`` fills a temporary file that is then renamed to ``path``."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
