@@ -35,6 +35,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -265,7 +266,19 @@ def lock_out_dir(out: Path) -> IO:
     lock.truncate()
     lock.write(f"{os.getpid()}\n")  # for the message above; the lock itself is the flock
     lock.flush()
+    remove_leftovers(out)
     return lock
+
+
+def remove_leftovers(out: Path) -> None:
+    """Delete the temporary files and folders a killed run left in ``out`` (llama3.files names them
+    .NAME.*); safe only while holding the lock, when nothing else writes there."""
+    for name in (CHECKPOINT_NAME, METRICS_NAME, LOSS_PLOT_NAME, MODEL_DIR_NAME):
+        for leftover in out.glob(f".{name}.*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 class StopOnInterrupt:

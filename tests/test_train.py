@@ -35,6 +35,19 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "token_cache"))
 
 
+def cli_flags(config: TrainConfig) -> list[str]:
+    """The command-line flags that give ``config`` (None left out, booleans as --x / --no-x)."""
+    flags = []
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            flags.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
+        else:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
 def losses(rows, key="loss"):
     return {r["step"]: r[key] for r in rows if key in r}
 
