@@ -5,14 +5,18 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from llama3 import Llama3
 from llama3 import train as train_module
 from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model
 from llama3.train import TrainConfig, load_checkpoint, lr_schedule, save_checkpoint, train
 from tests.test_data import write_tinystories
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(tmp_path, data, **overrides) -> TrainConfig:
@@ -163,25 +167,35 @@ def test_bad_settings_are_refused_with_the_flag_name(tmp_path, stories):
 
 
 # --------------------------------------------------------------------------------------------------- DDP
-def test_ddp_two_processes_give_the_losses_of_one_process_on_the_same_global_batch(tmp_path, stories):
-    """torchrun with 2 CPU processes (gloo): each takes half of the global batch; the averaged gradients and losses
-    must equal those of one process that sees the whole batch."""
+def test_ddp_two_processes_split_the_global_batch_and_give_the_losses_of_one_process(tmp_path, stories,
+                                                                                       monkeypatch):
+    """torchrun with 2 CPU processes (gloo). Each process must see its own half of the global batch (rank 0 the
+    first rows, rank 1 the rest, together exactly the windows one process trains on), and the averaged gradients
+    and losses must equal those of the one process that sees the whole batch."""
+    seen, real_forward = [], Llama3.forward
+
+    def recording_forward(self, tgt, *args, **kwargs):
+        if self.training:
+            seen.append(tgt.detach().clone())
+        return real_forward(self, tgt, *args, **kwargs)
+
+    monkeypatch.setattr(Llama3, "forward", recording_forward)
     single = train(tiny_config(tmp_path / "one", stories, steps=4, eval_interval=2))
-    config = tiny_config(tmp_path / "two", stories, steps=4, eval_interval=2)
-    flags = []
-    for key, value in config.to_dict().items():
-        if value is None or key in ("threads",):
-            continue
-        if isinstance(value, bool):
-            flags.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
-        else:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    monkeypatch.undo()
+    config = tiny_config(tmp_path / "two", stories, steps=4, eval_interval=2, threads=None)
+    record = tmp_path / "batches"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "llama3", "train", *flags], env=env, capture_output=True, text=True, timeout=300)
+                             "-m", "tests.train_child", "--record-batches", str(record), "--", *cli_flags(config)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "2 process(es)" in result.stderr
+    ranks = [torch.load(f"{record}.rank{r}") for r in (0, 1)]
+    assert len(seen) == len(ranks[0]) == len(ranks[1]) == 4  # one forward per step and process
+    for whole, first, second in zip(seen, *ranks):
+        assert whole.shape == (4, 32) and first.shape == second.shape == (2, 32)
+        assert torch.equal(first, whole[:2]) and torch.equal(second, whole[2:])
+    rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses(rows).keys() == losses(single).keys()
     for step, loss in losses(single).items():
         assert losses(rows)[step] == pytest.approx(loss, abs=1e-5)
