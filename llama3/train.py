@@ -107,11 +107,11 @@ class TrainConfig:
     num_layers: int = setting(6, "decoder layers")
     seq_len: int = setting(256, "training window in tokens; also the model's max_seq_len")
     multiple_of: int = setting(32, "the FFN hidden size is rounded up to a multiple of this")
-    ffn_hidden_dim: int | None = setting(None, "FFN hidden size (overrides the rule of --multiple-of)")
+    ffn_hidden_dim: int | None = setting(None, "FFN hidden size (default: Llama's rule with --multiple-of)")
     tie_embeddings: bool = setting(False, "share the input embedding and the output head")
     dropout: float = setting(0.0, "dropout probability in [0, 1)")
-    init_from: str | None = setting(None, "start from these weights (a save_pretrained folder) instead of a random "
-                                          "init")
+    init_from: str | None = setting(None, "start from the weights in this save_pretrained folder (default: a random "
+                                          "init)")
     # optimisation
     batch_size: int = setting(16, "windows per micro-step, over all processes")
     grad_accum: int = setting(1, "micro-steps per optimiser step")
@@ -133,9 +133,10 @@ class TrainConfig:
     ckpt_interval: int = setting(100, "save a checkpoint every this many steps")
     save_dtype: str = setting("float32", "dtype of the exported model/ weights: float32 or bfloat16 (half the file)")
     resume: bool = setting(False, "continue the run in --out-dir from its checkpoint.pt")
-    stop_after: int | None = setting(None, "stop (with a checkpoint) after this step, as if interrupted")
+    stop_after: int | None = setting(None, "stop (with a checkpoint) after this step, as if interrupted (default: "
+                                           "at --steps)")
     max_minutes: float | None = setting(None, "stop (with a checkpoint) after this much training time in this "
-                                              "process")
+                                              "process (default: no limit)")
     threads: int | None = setting(None, "CPU threads (default: torch's choice, shared out among DDP processes)")
     progress: bool = setting(True, "show a progress bar")
 
@@ -730,11 +731,18 @@ def train(config: TrainConfig) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default; an option whose default is None says in words what it does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """One flag per TrainConfig field, with its help and its default."""
     parser = parser or argparse.ArgumentParser(prog="python -m llama3 train")
     parser.description = __doc__.split("\n\n")[0]
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = HelpWithDefaults
     defaults = TrainConfig()
     kinds = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
     for f in dataclasses.fields(TrainConfig):
@@ -742,8 +750,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         else:
-            parser.add_argument(flag, type=kinds[f.type], default=default, help=help_,
-                                metavar=f.name.upper() if default is None else None)
+            parser.add_argument(flag, type=kinds[f.type], default=default, help=help_)
     return parser
 
 
