@@ -1,8 +1,11 @@
 """llama3.train: the schedule, exact resume, safe checkpoints, clear errors, and DDP equal to one process."""
 
+import ast
+import importlib.metadata
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +204,25 @@ def test_ddp_two_processes_split_the_global_batch_and_give_the_losses_of_one_pro
         assert losses(rows)[step] == pytest.approx(loss, abs=1e-5)
     for step, loss in losses(single, "val_loss").items():
         assert losses(rows, "val_loss")[step] == pytest.approx(loss, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ packaging
+def test_every_module_level_import_of_the_package_is_a_declared_dependency():
+    """pip install . must give a package that imports and trains: each third-party module imported at the top of a
+    llama3 module (matplotlib for loss.png included) belongs to a distribution in pyproject's dependencies."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = {re.split(r"[<>=!~ \[;]", d)[0].lower().replace("_", "-")
+                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    missing = set()
+    for file in (REPO / "llama3").rglob("*.py"):
+        for node in ast.parse(file.read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for top in {n.split(".")[0] for n in names}:
+                if top in sys.stdlib_module_names or top in ("llama3", "__future__"):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    missing.add(f"{top} ({file.relative_to(REPO)})")
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {sorted(missing)}"
