@@ -718,7 +718,14 @@ def train(config: TrainConfig) -> list[dict]:
     elif ddp.world > 1 and not device.startswith("cuda"):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ddp.world))
     out = Path(config.out_dir)
-    lock = lock_out_dir(out) if ddp.master else None
+    lock, error = None, None
+    if ddp.master:  # one process locks; all of them stop if it could not
+        try:
+            lock = lock_out_dir(out)
+        except (OSError, OutDirBusy) as err:
+            error = err
+    if agree(error is not None, ddp, device):
+        raise error or OutDirBusy(f"The first process could not lock --out-dir {out}: see its message.")
     try:
         run = Run.start(config, ddp, device, out)
         run.loop()
