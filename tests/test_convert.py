@@ -408,3 +408,32 @@ def test_real_release_configs_give_the_published_sizes():
     llama31 = args_from_meta_params(LLAMA31_8B_PARAMS)
     assert llama31.hidden_dim == 14336 and llama31.rope_scaling["factor"] == 8.0
     assert count_parameters(llama31) == 8_030_261_248
+
+
+def test_a_config_without_a_required_key_names_the_file_and_the_key(tmp_path):
+    folder = saved_hf_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["intermediate_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json has no intermediate_size: a Llama config"):
+        Llama3.from_hf(folder)
+    with pytest.raises(ValueError, match="the config has no intermediate_size"):
+        args_from_hf_config(config)
+
+
+def test_broken_json_in_hf_and_meta_folders_names_the_file(tmp_path):
+    folder = saved_hf_folder(tmp_path / "hf")
+    (folder / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json is not valid JSON"):
+        Llama3.from_hf(folder)
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json is not valid JSON"):
+        Llama3.from_pretrained(folder)
+    (folder / "config.json").write_text('["llama"]')
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json holds a JSON list, not an object"):
+        Llama3.from_hf(folder)
+
+    meta = tmp_path / "meta"
+    write_meta_folder(meta, hf_llama(**LLAMA32_SHAPE), META_PARAMS)
+    (meta / "params.json").write_text("[]")
+    with pytest.raises(ValueError, match=rf"{meta}/params\.json holds a JSON list"):
+        Llama3.from_meta(meta)
