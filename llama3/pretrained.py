@@ -184,6 +184,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                         help="window stride, at most max_seq_len (default: half of max_seq_len)")
     parser.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="windows per forward pass")
     args = parser.parse_args(argv)
+    resolve_device(args.device)  # before reading a long text
     if args.text is not None:
         path = Path(args.text)
         if not path.is_file():
@@ -208,7 +209,7 @@ def generate_main(argv: list[str] | None = None) -> int:
                                  "command's; the API's generate/generate_kv default to temperature 1.0, top_p 1.0.")
     parser.add_argument("prompt", nargs="?", default="Once upon a time", help="the text to continue")
     parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=300,
-                        help="tokens to add at most (generation also stops at EOS and at max_seq_len)")
+                        help="tokens to add at most; generation also stops at EOS and at max_seq_len")
     parser.add_argument("--temperature", type=_number(float, 0), default=0.8,
                         help="0 is greedy (default: %(default)s; the API's generate/generate_kv default: 1.0)")
     parser.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=0.95,
