@@ -463,17 +463,17 @@ def clean_state_dict(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_state_dict(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], args: ModelArgs) -> None:
-    """Raise ValueError naming every missing, unexpected and wrongly shaped key of ``state`` against the
-    ``expected`` shapes (a model's state dict built from ``args``; the values may be on "meta")."""
-    expected = dict(expected)
-    if args.tie_embeddings:
+def check_state_dict(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], args: ModelArgs) -> None:
+    """Raise ValueError naming every missing, unexpected and wrongly shaped key: ``found`` holds a checkpoint's
+    names and shapes, ``expected`` those of the model built from ``args`` (both name -> shape)."""
+    expected, found = dict(expected), dict(found)
+    if args.tie_embeddings:  # the head is the embedding: never stored separately
         expected.pop("output.weight", None)
-        state = {k: v for k, v in state.items() if k != "output.weight"}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k])}"
-                         for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+        found.pop("output.weight", None)
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = sorted(f"{k}: checkpoint {tuple(found[k])}, model {tuple(expected[k])}"
+                         for k in set(expected) & set(found) if tuple(found[k]) != tuple(expected[k]))
     if missing or unexpected or wrong_shape:
         def show(items):
             return ", ".join(items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "") or "none"
