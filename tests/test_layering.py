@@ -29,6 +29,7 @@ LAZY_IMPORTS_ALLOWED = {
     "huggingface_hub": "only hub downloads and save_hf's sharding use it",
     "matplotlib": "optional (the 'course' extra): only plotting needs it",
     "IPython": "optional: only the grader, running notebooks, needs it",
+    "nbformat": "optional (comes with Jupyter): only the grader reads notebooks",
 }
 
 
