@@ -762,20 +762,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m llama3 train``: bad settings, a busy or unwritable --out-dir and Ctrl-C end with one line on
-    stderr (status 1, or 130 for Ctrl-C), never a traceback."""
+    """``python -m llama3 train``. Ctrl-C ends with one line saying where the checkpoint is, status 130; the other
+    expected errors (bad settings, a busy or unwritable --out-dir) are raised for the command line's entry point,
+    ``llama3.__main__.run``, which prints each as one line."""
     config = TrainConfig(**vars(build_parser().parse_args(argv)))
     try:
         train(config)
-    except KeyboardInterrupt as err:
-        message = str(err) if isinstance(err, TrainingInterrupted) else "interrupted: nothing saved since the last save"
-        print(f"\n{message}", file=sys.stderr)
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, OutDirBusy) as err:  # OSError: FileNotFoundError, a read-only folder...
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -292,7 +292,7 @@ def test_train_help_gives_every_option_its_help_and_default(capsys):
     (["--device", "foo"], "--device 'foo' is not a device: use auto, cpu, cuda, cuda:N or mps."),
 ])
 def test_train_refuses_bad_numbers_and_devices_with_one_line(flags, message, tmp_path, capsys):
-    assert main(["train", "--out-dir", str(tmp_path / "run"), *flags]) == 1
+    assert run(["train", "--out-dir", str(tmp_path / "run"), *flags]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # refused before anything is written
@@ -300,7 +300,7 @@ def test_train_refuses_bad_numbers_and_devices_with_one_line(flags, message, tmp
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_train_on_cuda_without_cuda_says_so(tmp_path, capsys):
-    assert main(["train", "--out-dir", str(tmp_path / "run"), "--device", "cuda"]) == 1
+    assert run(["train", "--out-dir", str(tmp_path / "run"), "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --device cuda but CUDA is not available") and "--device cpu" in err
 
@@ -308,7 +308,7 @@ def test_train_on_cuda_without_cuda_says_so(tmp_path, capsys):
 def test_train_into_a_folder_it_cannot_write_says_so(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert main(["train", "--out-dir", str(blocker / "run")]) == 1
+    assert run(["train", "--out-dir", str(blocker / "run")]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: Cannot write in --out-dir {blocker / 'run'} (") and err.count("\n") == 1
 
@@ -317,7 +317,7 @@ def test_train_into_a_folder_it_cannot_write_says_so(tmp_path, capsys):
 def test_train_into_a_read_only_folder_says_so(tmp_path, capsys):
     read_only = tmp_path / "read_only"
     read_only.mkdir(mode=0o555)
-    assert main(["train", "--out-dir", str(read_only / "run")]) == 1
+    assert run(["train", "--out-dir", str(read_only / "run")]) == 1
     assert capsys.readouterr().err.startswith(f"error: Cannot write in --out-dir {read_only / 'run'} (Permission")
 
 
@@ -325,4 +325,4 @@ def test_train_errors_from_the_installed_module_have_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "llama3", "train", "--steps", "-1", "--out-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr == "error: --steps must be at least 1, got -1.\n"
+    assert result.stderr.startswith("error: --steps must be at least 1, got -1.") and result.stderr.count("\n") == 1

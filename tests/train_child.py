@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from llama3 import train as train_module
+from llama3.__main__ import run
 from llama3.model import Llama3
 
 
@@ -79,7 +80,7 @@ def main() -> int:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.file_size_limit, args.file_size_limit))
 
-    status = train_module.main(train_argv)
+    status = run(["train", *train_argv])  # the console entry point: one-line errors
     if args.record_batches is not None:
         rank = os.environ.get("RANK", "0")
         torch.save(seen, f"{args.record_batches}.rank{rank}")
