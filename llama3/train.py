@@ -116,7 +116,8 @@ class TrainConfig:
     batch_size: int = setting(16, "windows per micro-step, over all processes")
     grad_accum: int = setting(1, "micro-steps per optimiser step")
     steps: int = setting(1000, "optimiser steps; the cosine reaches --min-lr here")
-    warmup_steps: int = setting(100, "steps of linear warm-up from 0 to --lr")
+    warmup_steps: int | None = setting(None, "steps of linear warm-up from 0 to --lr (default: 100, or every step of "
+                                             "a shorter run: --steps 5 is a smoke test)")
     lr: float = setting(1e-3, "peak learning rate")
     min_lr: float = setting(1e-4, "learning rate at the end of the cosine")
     weight_decay: float = setting(0.1, "AdamW weight decay of the layers' matrices")
@@ -142,6 +143,10 @@ class TrainConfig:
 
     RESUMABLE = ("out_dir", "device", "eval_interval", "eval_windows", "log_interval", "ckpt_interval", "save_dtype",
                  "resume", "stop_after", "max_minutes", "threads", "progress", "data", "val_data", "tokenizer")
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.steps)
 
     def validate(self) -> None:
         """Refuse impossible settings with the flag's name (ValueError), before any work is done."""
@@ -750,10 +755,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="python -m llama3 train")
     parser.description = __doc__.split("\n\n")[0]
     parser.formatter_class = HelpWithDefaults
-    defaults = TrainConfig()
     kinds = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
     for f in dataclasses.fields(TrainConfig):
-        flag, default, help_ = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), f.metadata["help"]
+        flag, default, help_ = "--" + f.name.replace("_", "-"), f.default, f.metadata["help"]  # None stays None
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         else:

@@ -226,3 +226,13 @@ def test_every_module_level_import_of_the_package_is_a_declared_dependency():
                 if not dists & declared:
                     missing.add(f"{top} ({file.relative_to(REPO)})")
     assert not missing, f"imported but not in pyproject.toml's dependencies: {sorted(missing)}"
+
+
+def test_the_default_warmup_fits_a_short_run():
+    # `python -m llama3 train --steps 5` (a smoke test) must not be refused for its default warm-up of 100 steps
+    short, usual = TrainConfig(steps=5), TrainConfig()
+    short.validate()
+    assert short.warmup_steps == 5 and usual.warmup_steps == 100
+    assert TrainConfig(steps=5, warmup_steps=2).warmup_steps == 2
+    args = train_module.build_parser().parse_args(["--steps", "5"])  # as `python -m llama3 train --steps 5` does
+    assert TrainConfig(**vars(args)).warmup_steps == 5
