@@ -44,9 +44,12 @@ def read_notebook(path) -> dict:
         nb = convert(reader.reads(path.read_text(encoding="utf-8")), 4)
     except UnicodeDecodeError:
         raise UnreadableNotebook("the file is not UTF-8 text; hand in the .ipynb file JupyterLab saves") from None
-    except json.JSONDecodeError as err:
-        raise UnreadableNotebook(f"not valid JSON ({err.msg} at line {err.lineno}); the file is truncated or "
-                                 f"was edited by hand: save the notebook again in JupyterLab") from None
+    except ValueError as err:
+        if isinstance(err, json.JSONDecodeError) or type(err).__name__ == "NotJSONError":
+            raise UnreadableNotebook("not valid JSON: the file is truncated or was edited by hand; save the "
+                                     "notebook again in JupyterLab") from None
+        raise UnreadableNotebook(f"not a Jupyter notebook ({' '.join(str(err).split())[:120]}); save the notebook "
+                                 f"again in JupyterLab") from None
     except Exception as err:  # nbformat's NotJSONError, missing keys, unknown versions
         raise UnreadableNotebook(f"not a Jupyter notebook ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
                                  f"; save the notebook again in JupyterLab") from None
@@ -268,7 +271,7 @@ def build_plan(learner: dict, released: ReleasedNotebook) -> Plan:
         twin = released_by_id.get(cell.get("id"))
         grade_id = str(meta.get("grade_id") or "") or None
         if twin is not None and _nbgrader(twin).get("grade"):  # the learner's copy of a released check cell
-            grade_id, meta = _nbgrader(twin).get("grade_id"), {"grade": True}
+            grade_id, meta = _nbgrader(twin).get("grade_id"), dict(meta, grade=True)
         if meta.get("grade"):
             check = checks.get(grade_id)
             if check is None:

@@ -238,8 +238,8 @@ def run_plan(plan: Plan, notebook: Path, limits: Limits, *, reference: bool, thr
     _matplotlib_cache(tmp / "matplotlib")
     shutil.copyfile(notebook, work / notebook.name)
     payload = json.dumps({
-        "key": key.hex(), "notebook": notebook.name, "root": str(root.resolve()), "reference": reference, "read_roots": read_roots(),
-        "package_root": str(PACKAGE_ROOT.resolve()),
+        "key": key.hex(), "notebook": notebook.name, "root": str(root.resolve()), "reference": reference,
+        "read_roots": read_roots(), "package_root": str(PACKAGE_ROOT.resolve()),
         "cells": [{"kind": c.kind, "source": c.source, "label": c.label, "skip": c.skip, "args": list(c.args)}
                   for c in plan.cells],
     }).encode()

@@ -253,7 +253,7 @@ PROCESS_EVENTS = {"os.fork": "starts a process (fork)", "os.forkpty": "starts a 
 MEMORY_EVENTS = {"gc.get_objects": "searches the grader's memory (gc.get_objects)",
                  "gc.get_referrers": "searches the grader's memory (gc.get_referrers)",
                  "gc.get_referents": "searches the grader's memory (gc.get_referents)",
-                 "ctypes.dlopen": "loads native code (ctypes)", "ctypes.cdata": "reads raw memory (ctypes)",
+                 "ctypes.cdata": "reads raw memory (ctypes)",
                  "ctypes.addressof": "reads raw memory (ctypes)", "sys.addaudithook": "adds an audit hook",
                  "socket.connect": "opens a network connection", "socket.bind": "opens a network socket"}
 PATH_EVENTS = {"open", "os.listdir", "os.scandir", "glob.glob", "os.remove", "os.rename", "os.rmdir", "os.mkdir",
