@@ -374,3 +374,35 @@ def test_flood_keeps_the_graders_memory_bounded(tmp_path):
           f"notebook, {after / 2**20:.0f} MiB after the flood")
     assert quiet_status == status == "passed" and output_bytes >= 400_000_000
     assert after - before < 64 * 2**20 and after < 1.5 * 2**30
+
+
+# The real course: solutions/ graded against the released notebooks/ scores full marks without a flag, and the
+# untouched notebooks/ score zero with a hint on every exercise. An unsolved twin grades in seconds, so every twin is
+# graded; a solution runs top to bottom (a minute or two each on a busy 2-core machine), so CI grades the quick ones
+# (01-03); `pytest --nbval solutions/` runs the others, and LLAMA3_GRADE_ALL=1 grades every solution here too.
+COURSE = sorted(p.name for p in (REPO / "solutions").glob("*.ipynb"))
+SOLUTIONS_IN_CI = COURSE if os.environ.get("LLAMA3_GRADE_ALL") else [n for n in COURSE if n[:2] in {"01", "02", "03"}]
+
+
+def _ids(names):
+    return [n.removesuffix(".ipynb") for n in names]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SOLUTIONS_IN_CI, ids=_ids(SOLUTIONS_IN_CI))
+def test_real_solution_gets_full_marks_without_a_flag(name):
+    solved = grade.grade_notebook(REPO / "solutions" / name, "solutions", REPO / "notebooks" / name)
+    assert solved.status == "passed", [(e.exercise, e.status, e.hint, e.flags) for e in solved.exercises]
+    assert solved.errors == [] and solved.notes == [] and solved.flags == []
+
+
+@pytest.mark.parametrize("name", COURSE, ids=_ids(COURSE))
+def test_real_student_notebook_gets_zero(name):
+    twin = REPO / "notebooks" / name
+    unsolved = grade.grade_notebook(twin, "notebooks", twin)
+    expected = [c.grade_id for c in rel.load_released_notebook(twin).checks]
+    assert expected, f"notebooks/{name} has no check cell"
+    assert [e.exercise for e in unsolved.exercises] == expected
+    assert unsolved.points == 0 and unsolved.status == "failed", [(e.exercise, e.hint) for e in unsolved.exercises]
+    # the learner is told what is wrong, not shown a crash: every exercise fails with its not-yet-solved hint
+    assert all(e.status == "failed" and e.hint and not e.flags for e in unsolved.exercises)
