@@ -148,6 +148,27 @@ def test_output_tail_is_bounded():
     assert tail.total == 60_000 and tail.kept == 1000 and tail.text().endswith("09999\n")
 
 
+def test_submissions_per_learner_missing_extra_and_match(tmp_path):
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        write_notebook(tmp_path / "release" / name, [check_cell("pass", "check_" + name[:2])])
+    subs = tmp_path / "subs"
+    for learner, names in (("ann", ["01_a.ipynb", "02_b.ipynb", "01_a-Copy1.ipynb"]), ("ben", []),
+                           ("cy", ["week1/01_a.ipynb", "01_a.ipynb"])):
+        (subs / learner).mkdir(parents=True)
+        for name in names:
+            (subs / learner / name).parent.mkdir(parents=True, exist_ok=True)
+            (subs / learner / name).write_text("{}")
+    release = rel.load_release(tmp_path / "release", re.compile("^01"))
+    assert list(release.notebooks) == ["01_a.ipynb"] and release.excluded == {"02_b.ipynb"}
+    found = [(s.student, s.notebook, s.path and str(s.path.relative_to(subs)), s.notes)
+             for s in grade.find_submissions(subs, release)]
+    assert found == [
+        ("ann", "01_a.ipynb", "ann/01_a.ipynb", ["ann/01_a-Copy1.ipynb is not a notebook of the assignment: not "
+                                                 "graded (rename it to a released name)"]),
+        ("ben", "01_a.ipynb", None, []),
+        ("cy", "01_a.ipynb", "cy/01_a.ipynb", ["cy/week1/01_a.ipynb was ignored: cy/01_a.ipynb was graded"])]
+
+
 # -------------------------------------------------------------------------------------------------------- kernels
 
 
@@ -244,7 +265,8 @@ def test_nbformat3_is_upgraded_and_unreadable_files_score_zero(tmp_path):
     assert json.loads(old.read_text())["nbformat"] == 3
     assert graded(old, release).status == "passed"
     for text, why in (("{ not json", "not valid JSON"), ("", "the file is empty"),
-                      ('{"cells": 3, "nbformat": 4}', "not a Jupyter notebook")):
+                      ('{"cells": 3, "nbformat": 4}', "not a Jupyter notebook"),
+                      ('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [1]}', "not a Jupyter notebook")):
         (tmp_path / "bad.ipynb").write_text(text)
         result = graded(tmp_path / "bad.ipynb", release)
         assert result.status == "unreadable" and result.points == 0 and result.max_points == 1

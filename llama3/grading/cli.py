@@ -56,7 +56,7 @@ def find_submissions(path, release: Release) -> list[Submission]:
     found = []
     for student, files in learners.items():
         notes = [f"{f.relative_to(path)} is not a notebook of the assignment: not graded (rename it to a released "
-                 f"name)" for f in files if f.name not in release.notebooks]
+                 f"name)" for f in files if f.name not in release.notebooks and f.name not in release.excluded]
         for name in release.notebooks:
             mine = [f for f in files if f.name == name]
             extra = [f"{f.relative_to(path)} was ignored: {mine[0].relative_to(path)} was graded" for f in mine[1:]]

@@ -56,6 +56,8 @@ def read_notebook(path) -> dict:
     cells = nb.get("cells")
     if not isinstance(cells, list):
         raise UnreadableNotebook("the notebook has no list of cells; save it again in JupyterLab")
+    if not all(isinstance(cell, dict) for cell in cells):
+        raise UnreadableNotebook("a cell of the notebook is not a JSON object; save it again in JupyterLab")
     for cell in cells:
         source = cell.get("source", "")
         cell["source"] = "".join(source) if isinstance(source, list) else str(source)
@@ -171,6 +173,7 @@ class Release:
 
     root: Path
     notebooks: dict[str, ReleasedNotebook]
+    excluded: set[str] = field(default_factory=set)  # released names left out by --match: not graded, not noted
 
 
 def load_release(path=None, match=None) -> Release:
@@ -181,13 +184,15 @@ def load_release(path=None, match=None) -> Release:
         raise FileNotFoundError(f"the released assignment {str(root)!r} does not exist; pass --release with the "
                                 f"folder of the notebooks you handed out")
     files = [root] if root.is_file() else sorted(p for p in root.glob("*.ipynb") if not p.name.startswith("."))
+    excluded = set()
     if match is not None:
+        excluded = {p.name for p in files if not match.search(p.name)}
         files = [p for p in files if match.search(p.name)]
     if not files:
         raise FileNotFoundError(f"no released notebook (.ipynb) in {str(root)!r}" +
                                 (f" matching {match.pattern!r}" if match is not None else "") +
                                 "; pass --release with the folder of the notebooks you handed out")
-    return Release(root, {p.name: load_released_notebook(p) for p in files})
+    return Release(root, {p.name: load_released_notebook(p) for p in files}, excluded)
 
 
 # --------------------------------------------------------------------------------------------------------------------
