@@ -159,7 +159,12 @@ class Snapshot:
             cls = _resolve(dotted)
             if _isinstance(cls, type):
                 self.classes.append((dotted, cls, dict(vars(cls))))
-        self.reference_codes = {id(f.__code__): q for q, f, _ in self.functions if id(f) in self.reference}
+        # code objects written in llama3's own files (a @torch.no_grad() wrapper's code is torch's, shared by all)
+        package = os.path.dirname(os.path.abspath(self.package.__file__)) if self.package else None
+        self.reference_codes = {id(f.__code__): q for q, f, _ in self.functions
+                                if id(f) in self.reference and package and
+                                os.path.abspath(f.__code__.co_filename).startswith(package + os.sep)}
+        self.torch_dir = _package_dir("torch")
         self.threads = set(threading.enumerate())
 
     def _functions_of(self, qualified: str, namespace) -> None:
@@ -181,9 +186,14 @@ class Snapshot:
         for name, module, saved, strict in self.modules:
             current = vars(module)
             for key, value in saved.items():
-                if current.get(key, _MISSING) is not value:
-                    changed.append(f"{name}.{key} was replaced")
-                    current[key] = value
+                new = current.get(key, _MISSING)
+                if new is value:
+                    continue
+                if not strict and self._torch_wrapper(value, new):
+                    saved[key] = new  # torch wrapped its own function (torch._dynamo does on import): keep it
+                    continue
+                changed.append(f"{name}.{key} was replaced")
+                current[key] = value
             if strict:  # a new global in a checker module can shadow a builtin: remove what was added
                 for key in [k for k, v in current.items() if k not in saved and not _isinstance(v, types.ModuleType)]:
                     if name == "builtins" and key == "_":
@@ -221,6 +231,12 @@ class Snapshot:
                            f"({', '.join(sorted(t.name for t in alive))[:80]})")
         return changed
 
+    def _torch_wrapper(self, old, new) -> bool:
+        """``new`` is torch's own wrapper of ``old`` (functools.wraps, code in torch's files)."""
+        code = _getattr(new, "__code__", None)
+        return (self.torch_dir is not None and _getattr(new, "__wrapped__", None) is old and code is not None
+                and os.path.abspath(code.co_filename).startswith(self.torch_dir + os.sep))
+
     def identity(self, name: str, value) -> str | None:
         """Why ``value`` (handed to the checker as ``name``) is the reference rather than the learner's work."""
         seen = 0
@@ -239,6 +255,12 @@ class Snapshot:
             value = _getattr(value, "func", None) or _getattr(value, "__wrapped__", None) or \
                 _getattr(value, "__func__", None)
         return None
+
+
+def _package_dir(name: str) -> str | None:
+    module = sys.modules.get(name)
+    path = _getattr(module, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -263,7 +285,8 @@ PATH_EVENTS = {"open", "os.listdir", "os.scandir", "glob.glob", "os.remove", "os
 class Audit:
     """Collects one short line per suspicious event while the plan runs; ``take`` hands them over and clears."""
 
-    def __init__(self, workdir: str, read_roots: list[str]):
+    def __init__(self, workdir: str, read_roots: list[str], channel_fd: int):
+        self.channel_fd = channel_fd
         self.workdir = os.path.realpath(workdir)
         self.read_roots = tuple(sorted({os.path.realpath(r) for r in read_roots if r}))
         self.events: list[str] = []
@@ -299,9 +322,9 @@ class Audit:
             self._add(MEMORY_EVENTS[event])
         elif event in PATH_EVENTS and args:
             path = args[0]
-            if _isinstance(path, int):
-                if path > 2:
-                    self._add(f"opens file descriptor {path}")
+            if _isinstance(path, int):  # os.fdopen: only the result channel's descriptor is out of bounds
+                if path == self.channel_fd:
+                    self._add(f"opens the grader's result channel (file descriptor {path})")
                 return
             if not _isinstance(path, (str, bytes, os.PathLike)):
                 return
@@ -442,6 +465,6 @@ def main() -> None:
     sys.argv = [plan["notebook"]]  # a notebook that parses sys.argv must not see the grader's arguments
     snapshot = Snapshot(plan["reference"])
     audit = Audit(plan["root"], plan["read_roots"] + [p for p in sys.path if p and os.path.isdir(p)
-                                                      and os.path.realpath(p) != plan["package_root"]])
+                                                      and os.path.realpath(p) != plan["package_root"]], fd)
     send({"event": "ready"})
     run(plan, send, snapshot, audit)
