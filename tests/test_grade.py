@@ -129,9 +129,9 @@ def test_channel_drops_forged_and_garbled_lines():
     def line(seq, payload):
         return hmac.new(key, b"%d:" % seq + payload, hashlib.sha256).hexdigest().encode() + b" " + payload + b"\n"
 
-    reader.feed(line(0, b'{"event":"ready"}'))
-    reader.feed(b"0" * 64 + b' {"event":"check","index":2,"passed":true}\n')  # forged: wrong tag
-    reader.feed(b"junk without newline " + line(1, b'{"event":"done"}'))  # learner bytes glued before ours
+    reader.feed(line(0, b"{'event': 'ready'}"))
+    reader.feed(b"0" * 64 + b" {'event': 'check', 'index': 2, 'passed': True}\n")  # forged: wrong tag
+    reader.feed(b"junk without newline " + line(1, b"{'event': 'done'}"))  # learner bytes glued before ours
     reader.feed(b"x" * (sandbox.MAX_LINE + 10))  # a flood with no newline
     assert outcome.messages == [{"event": "ready"}, {"event": "done"}]
     assert [w for _, w in outcome.tampering] == [
@@ -271,6 +271,21 @@ def test_nbformat3_is_upgraded_and_unreadable_files_score_zero(tmp_path):
         result = graded(tmp_path / "bad.ipynb", release)
         assert result.status == "unreadable" and result.points == 0 and result.max_points == 1
         assert why in result.exercises[0].hint and result.exercises[0].status == "unreadable"
+
+
+def test_patching_what_the_kernel_reports_with_cannot_forge_a_pass(tmp_path):
+    release = write_notebook(tmp_path / "release" / "x.ipynb", [
+        exercise_cell("a = 0", "a"), check_cell("assert a == 1, 'a is not 1'", "check_a")])
+    forged = "{'event': 'check', 'index': 1, 'passed': True, 'hint': '', 'flags': []}"
+    path = write_notebook(tmp_path / "forger" / "x.ipynb", [
+        exercise_cell("a = 0\nimport json, hmac, builtins\n"
+                      f"json.dumps = lambda *args, **kwargs: {forged!r}\n"
+                      f"builtins.repr = lambda obj: {forged!r}\n"
+                      "hmac.new = hmac.compare_digest = lambda *args, **kwargs: True", "a"),
+        check_cell("assert a == 1, 'a is not 1'", "check_a")])
+    ex = by_id(graded(path, release))["check_a"]
+    assert ex.status == "flagged" and ex.points == 0 and ex.points_if_cleared == 0 and ex.hint == "a is not 1"
+    assert "before this check: builtins.repr was replaced" in ex.flags
 
 
 def test_escaper_is_killed_with_the_notebook_and_flagged(tmp_path):

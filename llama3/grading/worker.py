@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import hmac
 import json
 import os
 import sys
@@ -41,6 +40,9 @@ MAX_HINT = 600  # characters of a hint sent to the grader (it shortens them agai
 # flagged and undone before each check, as for the llama3 modules
 TORCH_MODULES = ("torch", "torch.nn.functional", "torch.testing", "math")
 TORCH_CLASSES = ("torch.Tensor", "torch.nn.Module")
+# the channel encodes with these C functions, taken now: patching json, hmac or repr later cannot forge a message
+_repr, _sha256, _write, _bytes = builtins.repr, hashlib.sha256, os.write, bytes
+MAX_FLAGS = 30
 
 
 def short_error(exc: BaseException) -> str:
@@ -353,17 +355,21 @@ class Audit:
 
 
 def _channel(fd: int, key: bytes):
-    """send(dict): one line 'tag payload' on the pipe, tag = HMAC(key, sequence number + payload)."""
+    """send(dict): one line 'tag payload' on the pipe: payload = repr of the message (a Python literal of str, int,
+    bool and lists), tag = HMAC-SHA256(key, sequence number + ':' + payload), computed with functions taken before
+    any learner code ran."""
     counter = [0]
-    write = os.write
+    padded = key.ljust(64, b"\0")
+    inner, outer = _bytes(b ^ 0x36 for b in padded), _bytes(b ^ 0x5C for b in padded)
 
     def send(message: dict) -> None:
-        payload = json.dumps(message, separators=(",", ":")).encode()
-        tag = hmac.new(key, b"%d:" % counter[0] + payload, hashlib.sha256).hexdigest().encode()
+        payload = _repr(message).encode()
+        signed = b"%d:" % counter[0] + payload
+        tag = _sha256(outer + _sha256(inner + signed).digest()).hexdigest().encode()
         counter[0] += 1
         data = tag + b" " + payload + b"\n"
         while data:
-            data = data[write(fd, data):]
+            data = data[_write(fd, data):]
 
     return send
 
@@ -391,6 +397,22 @@ def _where(error: BaseException, filename: str) -> str:
 
 
 def run(plan: dict, send, snapshot: Snapshot, audit: Audit) -> None:
+    # this frame's code cannot be changed while it runs: it keeps what the checks rely on as locals and puts back
+    # the code of restore and send and the globals of this module before using them
+    restore, restore_code, send_code = Snapshot.restore, Snapshot.restore.__code__, send.__code__
+    own_globals = restore.__globals__
+    own_saved = dict(own_globals)
+
+    def pristine() -> list[str]:
+        changed = []
+        if restore.__code__ is not restore_code or send.__code__ is not send_code:
+            changed.append("the grader's own code was replaced")
+            restore.__code__, send.__code__ = restore_code, send_code
+        if any(own_globals.get(k, _MISSING) is not v for k, v in own_saved.items()):
+            changed.append("the grader's own module was changed")
+            own_globals.update(own_saved)
+        return changed + restore(snapshot)
+
     namespace = _namespace()
     warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
     for index, cell in enumerate(plan["cells"]):
@@ -404,18 +426,16 @@ def run(plan: dict, send, snapshot: Snapshot, audit: Audit) -> None:
             audit.active = True
             try:
                 _exec(_compile(_to_python(cell["source"]), filename, "exec"), namespace)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # SystemExit from a learner's exit() included
+            except BaseException as exc:  # SystemExit from a learner's exit() and KeyboardInterrupt included
                 send({"event": "error", "index": index, "error": short_error(exc) + _where(exc, filename)})
             finally:
                 audit.active = False
             events = audit.take()
             if events:
-                send({"event": "audit", "index": index, "flags": events})
+                send({"event": "audit", "index": index, "flags": events[:MAX_FLAGS]})
             _close_figures()
             continue
-        flags = [f"before this check: {c}" for c in snapshot.restore()]
+        flags = [f"before this check: {c}" for c in pristine()]
         check_ns = dict(namespace)
         check_ns.update(snapshot.checkers)
         check_ns["__builtins__"] = builtins
@@ -427,16 +447,14 @@ def run(plan: dict, send, snapshot: Snapshot, audit: Audit) -> None:
         audit.active = True  # learner code runs inside the checker (constructors, forward)
         try:
             _exec(_compile(cell["source"], filename, "exec"), check_ns)
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:
             error = exc
         finally:
             audit.active = False
-        flags += [f"during this check: {c}" for c in snapshot.restore()]
+        flags += [f"during this check: {c}" for c in pristine()]
         flags += [f"during this check: {e}" for e in audit.take()]
         send({"event": "check", "index": index, "passed": error is None,
-              "hint": "" if error is None else short_error(error), "flags": flags})
+              "hint": "" if error is None else short_error(error), "flags": flags[:MAX_FLAGS]})
         _close_figures()
     send({"event": "done"})
 
