@@ -317,6 +317,33 @@ def test_escaper_is_killed_with_the_notebook_and_flagged(tmp_path):
     assert not marker.exists()
 
 
+def test_killing_the_supervisor_leaves_nothing_behind(tmp_path):
+    """The kernel kills its supervisor after starting an escaper: the kernel dies with it (PDEATHSIG) and the
+    escaper, orphaned outside the supervisor, is found by the run token in its environment and killed."""
+    pid_file = tmp_path / "orphan.pid"
+    release = write_notebook(tmp_path / "release" / "x.ipynb", [
+        exercise_cell("a = 0", "a"), check_cell("assert a == 1", "check_a")])
+    path = write_notebook(tmp_path / "killer" / "x.ipynb", [
+        exercise_cell(
+            "import os, signal, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            f"        open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+            "        time.sleep(60)\n"
+            "    os._exit(0)\n"
+            "time.sleep(1)\n"
+            "os.kill(os.getppid(), signal.SIGKILL)\n"
+            "time.sleep(30)", "a"),
+        check_cell("assert a == 1", "check_a")])
+    result = graded(path, release, timeout=60)
+    ex = by_id(result)["check_a"]
+    assert ex.status == "flagged" and ex.points == 0 and "supervisor was killed" in ex.hint
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] \
+        == "Z"
+
+
 def test_environment_is_scrubbed_and_the_folder_holds_only_the_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "secret-token")
     path = tmp_path / "env" / "x.ipynb"
