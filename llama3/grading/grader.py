@@ -126,7 +126,8 @@ def score(released: ReleasedNotebook, plan: Plan, outcome: RunOutcome, result: N
         elif event == "check" and cell is not None and cell.grade_id:
             verdicts[cell.grade_id] = (position, message)
         elif event == "error" and cell is not None:
-            result.errors.append(f"{cell.label}: {message.get('error', '')}")
+            error = str(message.get("error", ""))
+            result.errors.append(f"{cell.label}: {error if not graded or len(error) <= 300 else error[:299] + '…'}")
         elif event == "audit" and cell is not None:
             runtime.setdefault(cell.section, []).extend(f"{cell.label}: {f}" for f in message.get("flags", []))
         elif event == "done":

@@ -65,8 +65,8 @@ def feedback_text(student: str, results: list[NotebookResult]) -> str:
         lines += [f"## {r.notebook}: {_pts(r.points)} / {_pts(r.max_points)} ({r.status})", "",
                   "| exercise | points | status | what is wrong |", "|---|---|---|---|"]
         for e in r.exercises:
-            lines.append(f"| {e.exercise} | {_pts(e.points)} / {_pts(e.max_points)} | {e.status} | "
-                         f"{'' if e.passed else _md(e.hint)} |")
+            what = "" if e.passed else _md(e.hint) or ("see the flags below" if e.flags else "")
+            lines.append(f"| {e.exercise} | {_pts(e.points)} / {_pts(e.max_points)} | {e.status} | {what} |")
         lines.append("")
         flagged = [(e.exercise, f) for e in r.exercises for f in e.flags] + [(None, f) for f in r.flags]
         if flagged:
