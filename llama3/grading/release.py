@@ -293,8 +293,9 @@ def build_plan(learner: dict, released: ReleasedNotebook) -> Plan:
                                  f"{check.points:g}, as released")
                 add_check(check)
             continue
-        unchanged = (twin is not None and cell["source"] == twin["source"]) or \
-                    (twin is None and cell.get("id") is None and cell["source"] in released_sources)
+        # a cell without a released twin (nbformat < 4.5, or copied and pasted, which gives a new id) counts as
+        # released when its source is one of the released cells'
+        unchanged = cell["source"] == twin["source"] if twin is not None else cell["source"] in released_sources
         tags = _tags(cell) + (_tags(twin) if twin is not None else [])
         exercise = None
         if meta.get("solution") and grade_id:
