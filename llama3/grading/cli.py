@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive, default=Limits.timeout,
                    help=f"wall-clock seconds per notebook (default {Limits.timeout:g})")
     p.add_argument("--memory", type=_non_negative_int, default=Limits.memory_mb, metavar="MiB",
-                   help=f"address-space cap per kernel (default {Limits.memory_mb}; 0: none)")
+                   help=f"memory cap per kernel: heap and private writable mappings, RLIMIT_DATA "
+                        f"(default {Limits.memory_mb}; 0: none)")
     p.add_argument("--cpu-time", type=_positive, default=None, metavar="S",
                    help="CPU seconds per kernel (default 4 x --timeout)")
     p.add_argument("--file-size", type=_non_negative_int, default=Limits.file_mb, metavar="MiB",

@@ -56,7 +56,9 @@ class Limits:
     """Caps for one notebook's kernel. 0 turns a cap off."""
 
     timeout: float = 300.0  # wall-clock seconds per notebook
-    memory_mb: int = 6144  # address space (RLIMIT_AS); torch's import alone reserves about 1 GiB
+    # RLIMIT_DATA (heap and private writable mappings) rather than RLIMIT_AS: the address space also counts shared
+    # libraries and reservations (CUDA's are huge) that use no memory
+    memory_mb: int = 6144
     cpu_s: float | None = None  # CPU seconds (RLIMIT_CPU); None: 4 x timeout (torch runs several threads)
     file_mb: int = 64  # largest file the kernel may write (RLIMIT_FSIZE)
     output_kb: int = 256  # stdout + stderr kept for the report (the rest is counted and dropped)

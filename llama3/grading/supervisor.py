@@ -5,7 +5,7 @@
 It is the leader of a new session, and a child subreaper (``PR_SET_CHILD_SUBREAPER``), so every process the
 kernel starts stays its descendant: a ``setsid`` double fork only moves the grandchild to another session, and when
 its parent exits Linux hands it to the nearest subreaper, which is this process. The kernel gets the rlimits
-(address space, CPU seconds, file size, no core files) and dies with the supervisor (``PR_SET_PDEATHSIG``). When the
+(data size, CPU seconds, file size, no core files) and dies with the supervisor (``PR_SET_PDEATHSIG``). When the
 kernel exits, or the grader asks (SIGTERM), every descendant is killed and reaped, and the kernel's exit status is
 written on STATUS_FD, a pipe the kernel never holds.
 """
@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     if kernel == 0:
         try:
             if memory > 0:
-                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+                resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
             if cpu > 0:
                 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
             if fsize > 0:
