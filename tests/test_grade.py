@@ -114,6 +114,8 @@ def test_static_flags_name_what_a_cell_does_and_spare_honest_code(tmp_path):
     # released imports, ordinary torch code and the reference under the released alias are not flagged
     assert flags("from llama3 import ModelArgs, MultiHeadGQAttention, RoPE\nimport torch\nx = torch.zeros(2)") == []
     assert flags("from llama3 import KV_Cache as ReferenceKV_Cache") == []
+    assert flags("rate = 3\nprint(f'{rate}/s', 'tokens/s', '/', 'a / b', 'x.txt')") == []
+    assert flags("open('../bob/03_kv_cache.ipynb')") == ["names a path outside its folder ('../bob/03_kv_cache.ipynb')"]
     solution = next(c for c in nbformat.read(REPO / "solutions" / "03_kv_cache.ipynb", 4).cells
                     if c.metadata.get("nbgrader", {}).get("grade_id") == "kv_cache")
     assert flags(solution.source) == []

@@ -43,7 +43,7 @@ SUSPECT_CALLS = {
     "threading.settrace": "traces the grader's code (threading.settrace)",
 }
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # the folder that holds llama3/
-PATH_LIKE = re.compile(r"^(/[A-Za-z0-9._-]|~|\.\.(/|$))")  # '/etc/...', '~/...', '../other'
+PATH_LIKE = re.compile(r"^(/[\w.-]+)+/?$|^~/|^\.\.(/|$)")  # '/etc/passwd', '~/x', '../other' (no spaces)
 
 
 def _expr(node) -> str:
@@ -67,6 +67,7 @@ def cell_flags(source: str, released: ReleasedNotebook) -> list[str]:
         if text not in flags:
             flags.append(text)
 
+    in_fstring = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             module = node.module if isinstance(node, ast.ImportFrom) else None
@@ -108,7 +109,7 @@ def cell_flags(source: str, released: ReleasedNotebook) -> list[str]:
                     flag(f"uses the reference implementation {text}")
             if node.attr in checkers and isinstance(node.ctx, ast.Store):
                 flag(f"replaces the checker {text}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in in_fstring:
             value = node.value.strip()
             if PATH_LIKE.match(value) and "\n" not in value and len(value) < 300:
                 flag(f"names a path outside its folder ({value[:60]!r})")
