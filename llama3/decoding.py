@@ -56,6 +56,8 @@ class Decoder:
 
     def append(self, token: torch.Tensor) -> int:
         """Record token (B,) as fed (a real token in every row); returns its position."""
+        if self.ids is None:
+            raise RuntimeError("step() before prefill(): feed the prompt first.")
         start = self.pos
         if start >= self.length:
             raise ValueError(f"The decoder was sized for {self.length} positions: a token at position {start} does "
