@@ -190,6 +190,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke test)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generate call (default 200)")
     parser.add_argument("--no-compile", action="store_true", help="skip generate_kv(compile=True)")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--decode-only", action="store_true", help="only the generation rows (e.g. to compare "
@@ -203,7 +204,7 @@ def main(argv=None):
     device = torch.device(opts.device)
     dtype = getattr(torch, opts.dtype)
     repeats = opts.repeats or (1 if opts.quick else 3)
-    new_tokens = 20 if opts.quick else 200
+    new_tokens = opts.new_tokens or (20 if opts.quick else 200)
     compile_too = not opts.no_compile
     results = {"date": datetime.date.today().isoformat(), "hardware": hardware(device), "device": device.type,
                "dtype": opts.dtype, "versions": {"python": platform.python_version(), "torch": torch.__version__,
