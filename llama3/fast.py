@@ -98,7 +98,8 @@ def compiled_decode_step(device_type: str):
 
     CUDA: the whole step with mode "reduce-overhead", captured in a CUDA graph (one launch per token instead of
     hundreds), as gpt-fast does. CPU: only the repeated layer ("regional compilation"), so the first call's
-    compile time does not grow with depth; ``FastDecoder`` uses it on the CPU only where it measured faster.
+    compile time does not grow with depth. ``generate_kv(compile=True)`` asks for it on CUDA only: on the CPU it
+    measured no faster than the eager step (``benchmarks/bench.py`` times both), so there it serves the bench.
     """
     if device_type not in _COMPILED:
         if device_type == "cuda":
