@@ -109,8 +109,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         description="Loss, perplexity and bits per byte of a model on a text file (default: the shipped model on the "
                     "TinyStories validation text).")
     parser.add_argument("text", nargs="?", default=None,
-                        help="text file to evaluate (default: the validation split from --data, $LLAMA3_TINYSTORIES "
-                             "or the hub)")
+                        help="text file to evaluate (default: the validation split from --data, $LLAMA3_TINYSTORIES, "
+                             "a slice of the hub, or the shipped excerpt)")
     parser.add_argument("--data", default=None, help="TinyStories folder whose validation split is the default text")
     parser.add_argument("--model", default=str(PRETRAINED_DIR), help="folder written by save_pretrained")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the one in --model)")

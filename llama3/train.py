@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from llama3.config import ModelArgs
-from llama3.data import TokenDataset, load_tokens
+from llama3.data import HUB, TokenDataset, load_tokens
 from llama3.model import Llama3
 from llama3.tokenizer import load_tokenizer
 
@@ -67,7 +67,8 @@ def lr_schedule(step: int, *, warmup_steps: int, total_steps: int, max_lr: float
 class TrainConfig:
     """Every setting of a run. Fields in ``RESUMABLE`` may change on ``--resume``; the rest must match."""
 
-    data: str | None = None  # TinyStories file or folder (default: $LLAMA3_TINYSTORIES, else the hub)
+    data: str | None = None  # TinyStories file or folder, or 'hub' for the full data (1.9 GB, opt-in); default:
+    # $LLAMA3_TINYSTORIES, else a 2 MB slice read from the hub, else the excerpt in assets/tinystories/
     val_data: str | None = None  # validation text (default: the validation split next to --data)
     tokenizer: str | None = None  # tokenizer folder (default: the vendored GPT-2)
     out_dir: str = "runs/train"
@@ -354,7 +355,7 @@ def train(config: TrainConfig) -> list[dict]:
         warnings.simplefilter("ignore", FutureWarning)
         tokenizer = load_tokenizer(config.tokenizer)
     train_data = TokenDataset(load_tokens("train", tokenizer, config.data), config.seq_len)
-    if config.val_data is not None or config.data is None or Path(config.data).is_dir():
+    if config.val_data is not None or config.data in (None, HUB) or Path(config.data).is_dir():
         val_data = TokenDataset(load_tokens("validation", tokenizer, config.val_data or config.data), config.seq_len)
     else:  # a single text file: hold out its last 5 %
         tokens = train_data.tokens
@@ -501,6 +502,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="python -m llama3 train")
     parser.description = __doc__.split("\n\n")[0]
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.epilog = ("--data: a TinyStories text file or folder; 'hub' downloads the full data (1.9 GB, its size said "
+                     "first). Without it: $LLAMA3_TINYSTORIES, else a 2 MB slice read from the hub, else the excerpt "
+                     "shipped in assets/tinystories/ (offline).")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
