@@ -87,7 +87,7 @@ class TrainConfig:
     batch_size: int = 16  # windows per micro-step, over all processes
     grad_accum: int = 1  # micro-steps per optimiser step
     steps: int = 1000  # optimiser steps; the cosine reaches min_lr here
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: 100, or every step of a shorter run (`--steps 5` is a smoke test)
     lr: float = 1e-3
     min_lr: float = 1e-4
     weight_decay: float = 0.1
@@ -111,6 +111,10 @@ class TrainConfig:
 
     RESUMABLE = ("out_dir", "device", "eval_interval", "eval_windows", "log_interval", "ckpt_interval", "save_dtype",
                  "resume", "stop_after", "max_minutes", "threads", "progress", "data", "val_data", "tokenizer")
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.steps)
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "steps", "seq_len", "eval_interval", "eval_windows", "log_interval",
