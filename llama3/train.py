@@ -512,7 +512,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else getattr(defaults, f.name)  # None stays None
         if f.type in ("bool",):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:

@@ -183,3 +183,5 @@ def test_the_default_warmup_fits_a_short_run():
     short.validate()
     assert short.warmup_steps == 5 and usual.warmup_steps == 100
     assert TrainConfig(steps=5, warmup_steps=2).warmup_steps == 2
+    args = train_module.build_parser().parse_args(["--steps", "5"])  # as `python -m llama3 train --steps 5` does
+    assert TrainConfig(**vars(args)).warmup_steps == 5
