@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llama3.files import atomic_write_bytes
 from llama3.tokenizer import ASSETS
 
 EOS_TOKEN = "<|endoftext|>"  # the separator line between stories in the TinyStories text files
@@ -108,9 +109,7 @@ def _hub_slice(split: str) -> Path:
         with HfFileSystem().open(_hub_path(split), "rb", block_size=SLICE_BYTES[split], cache_type="none") as f:
             raw = f.read(SLICE_BYTES[split])
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # unique per process: DDP ranks may race
-        tmp.write_bytes(raw)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, raw)  # DDP ranks may race: each renames a whole file into place
     return target
 
 
