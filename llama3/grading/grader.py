@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llama3.grading.release import (
+    DEFAULT_RELEASE,
     Plan,
     ReleasedNotebook,
     UnreadableNotebook,
@@ -173,8 +174,6 @@ def grade_notebook(path, student: str, released: ReleasedNotebook | Path | str |
     path = Path(path)
     limits = limits or Limits()
     if not isinstance(released, ReleasedNotebook):
-        from llama3.grading.release import DEFAULT_RELEASE
-
         released = load_released_notebook(released if released is not None else DEFAULT_RELEASE / path.name)
     try:
         learner = read_notebook(path)

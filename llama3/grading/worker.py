@@ -25,6 +25,7 @@ import builtins
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -477,8 +478,6 @@ def main() -> None:
     sys.stdin = open(0, closefd=False)
     send = _channel(fd, key)
     del key
-    import signal
-
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file over the size cap fails with OSError, not a kill
     sys.argv = [plan["notebook"]]  # a notebook that parses sys.argv must not see the grader's arguments
     snapshot = Snapshot(plan["reference"])
