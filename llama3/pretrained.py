@@ -177,8 +177,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser = _parser("eval", "Loss, perplexity and bits per byte of a model on a text file (default: the shipped "
                              "model on the TinyStories validation text).")
     parser.add_argument("text", nargs="?", default=None,
-                        help="text file to evaluate (default: the validation split from --data, $LLAMA3_TINYSTORIES "
-                             "or the hub)")
+                        help="text file to evaluate (default: the validation split from --data, $LLAMA3_TINYSTORIES, "
+                             "a slice of the hub, or the shipped excerpt)")
     parser.add_argument("--data", default=None, help="TinyStories folder whose validation split is the default text")
     parser.add_argument("--stride", type=POSITIVE_INT, default=None,
                         help="window stride, at most max_seq_len (default: half of max_seq_len)")

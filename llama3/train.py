@@ -51,7 +51,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from llama3.config import ModelArgs
-from llama3.data import TokenDataset, load_tokens
+from llama3.data import HUB, TokenDataset, load_tokens
 from llama3.files import (
     CHECKPOINT_NAME,
     LOCK_NAME,
@@ -95,7 +95,9 @@ def setting(default, help: str):
 class TrainConfig:
     """Every setting of a run. Fields in ``RESUMABLE`` may change on ``--resume``; the rest must match."""
 
-    data: str | None = setting(None, "TinyStories text file or folder (default: $LLAMA3_TINYSTORIES, else the hub)")
+    data: str | None = setting(None, f"TinyStories text file or folder, or '{HUB}' for the full data (1.9 GB, "
+                                     f"opt-in) (default: $LLAMA3_TINYSTORIES, else a 2 MB slice read from the hub, "
+                                     f"else the excerpt shipped in assets/tinystories/)")
     val_data: str | None = setting(None, "validation text (default: the validation files next to --data, or the "
                                          "last 5%% of a single --data file)")
     tokenizer: str | None = setting(None, "tokenizer folder (default: the vendored GPT-2)")
@@ -326,7 +328,7 @@ def load_data(config: TrainConfig, tokenizer) -> tuple[TokenDataset, TokenDatase
     """The training and validation token streams: the validation files beside --data (or --val-data), or, for a
     single text file, its last 5 %."""
     train_data = TokenDataset(load_tokens("train", tokenizer, config.data), config.seq_len)
-    if config.val_data is not None or config.data is None or Path(config.data).is_dir():
+    if config.val_data is not None or config.data in (None, HUB) or Path(config.data).is_dir():
         val_data = TokenDataset(load_tokens("validation", tokenizer, config.val_data or config.data), config.seq_len)
         return train_data, val_data
     tokens = train_data.tokens

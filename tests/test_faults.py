@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llama3.train import OutDirBusy, load_checkpoint, lock_out_dir, train
-from tests.test_data import write_tinystories
+from tests.test_data import DAMAGES, write_tinystories
 from tests.test_train import cli_flags, losses, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,3 +169,18 @@ def test_a_damaged_metrics_line_before_the_end_is_named(tmp_path, stories):
     metrics.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match="metrics.jsonl line 2 is damaged"):
         train(tiny_config(tmp_path, stories, resume=True))
+
+
+# ------------------------------------------------------------------------------------------------ damaged caches
+@pytest.mark.parametrize("damage", ["random ids", "truncated", "empty"])
+def test_training_on_a_damaged_token_cache_rebuilds_it_and_learns_the_same(damage, tmp_path, stories, uninterrupted,
+                                                                             monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLAMA3_DATA_CACHE", str(cache))
+    train(tiny_config(tmp_path / "first", stories, stop_after=1))  # builds the cache
+    [token_file] = [p for p in cache.glob("train-*.uint16")]
+    token_file.write_bytes(DAMAGES[damage](token_file.read_bytes(), np.random.default_rng(1)))
+    capsys.readouterr()
+    rows = train(tiny_config(tmp_path, stories))
+    assert f"the token cache {token_file} is damaged" in capsys.readouterr().err
+    assert losses(rows) == losses(uninterrupted)
