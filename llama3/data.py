@@ -14,6 +14,8 @@ token, so the model learns where a story ends.
 
 Tokenising 15 MB of text takes a while, so it happens once: the ids go into a ``uint16`` file under
 ``data_cache/`` (or ``~/.cache/llama3``), keyed by the files and the tokenizer, and later runs read it by memory map.
+A small JSON record beside it (token count, checksums of the ids and the text, the tokenizer's fingerprint) is checked
+at every load: a damaged cache is rebuilt with a warning naming it, never trained on.
 
     tokenizer = load_tokenizer()
     train = TokenDataset.from_split("train", tokenizer, seq_len=256)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import socket
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llama3.files import atomic_write_bytes
+from llama3.files import atomic_write_bytes, atomic_write_text
 from llama3.tokenizer import ASSETS
 
 EOS_TOKEN = "<|endoftext|>"  # the separator line between stories in the TinyStories text files
@@ -51,7 +54,7 @@ COMPRESSED = (".xz", ".gz")  # a folder's *train*.txt.xz / .txt.gz files count t
 SLICE_BYTES = {"train": 2_000_000, "validation": 412_731}
 EXCERPT_DIR = ASSETS / "tinystories"
 EXCERPT_FILES = {"train": "TinyStories-train.excerpt.txt.xz", "validation": "TinyStories-valid.excerpt.txt.xz"}
-CACHE_VERSION = 1  # bump when the token-file format changes
+CACHE_VERSION = 2  # bump when the token-file format changes (2: a JSON record beside each token file verifies it)
 
 _announced: set[str] = set()  # the sources already said, once per process
 
@@ -174,8 +177,12 @@ def _whole_stories(text: str) -> str:
 
 def read_stories(file: Path) -> str:
     """A file's text (.xz and .gz decompressed). A story cut off at the end of the file is dropped."""
-    with _open(file) as f:
-        return _whole_stories(f.read())
+    try:
+        with _open(file) as f:
+            return _whole_stories(f.read())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file} is not UTF-8 text (byte {err.start}: {err.reason}): TinyStories files are UTF-8; "
+                         f"convert it (iconv -f latin1 -t utf-8, for example) or pass another file.") from None
 
 
 def load_text(split: str, path: str | os.PathLike | None = None) -> str:
@@ -240,7 +247,49 @@ def tokenize(text: str, tokenizer) -> np.ndarray:
 def _tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{spec}|{len(tokenizer)}".encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_problem(target: Path, record_path: Path, tokenizer) -> str | None:
+    """None when the token file ``target`` is exactly what its record says it is; else what is wrong with it."""
+    try:
+        record = json.loads(record_path.read_text())
+        tokens, ids_sha256 = int(record["tokens"]), record["ids_sha256"]
+    except FileNotFoundError:
+        return f"its record {record_path.name} is missing"
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return f"its record {record_path.name} is unreadable ({type(err).__name__}: {err})"
+    if record.get("version") != CACHE_VERSION or record.get("tokenizer") != _tokenizer_fingerprint(tokenizer):
+        return "it was made by another version of the cache or another tokenizer"
+    size = target.stat().st_size
+    if size != 2 * tokens:
+        return f"it holds {size:,} bytes, its record says {tokens:,} uint16 tokens ({2 * tokens:,} bytes)"
+    if _file_sha256(target) != ids_sha256:
+        return "its bytes do not match the checksum in its record"
+    return None
+
+
+def _build_cache(files: list[Path], tokenizer, target: Path, record_path: Path) -> None:
+    """Tokenise ``files`` into ``target`` (uint16 ids), then write its record: the token count, the checksums of
+    the ids and of the text, the tokenizer's fingerprint. Both atomically, the record last, so a record always
+    describes a whole token file."""
+    text = "".join(read_stories(f) for f in files)
+    ids = tokenize(text, tokenizer)
+    record = {"version": CACHE_VERSION, "tokens": int(ids.size),
+              "ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
+              "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+              "tokenizer": _tokenizer_fingerprint(tokenizer), "files": [str(f) for f in files]}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, ids.tobytes())
+    atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
 
 
 def default_cache_dir() -> Path:
@@ -255,21 +304,30 @@ def default_cache_dir() -> Path:
 
 def load_tokens(split: str, tokenizer, path: str | os.PathLike | None = None,
                 cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """The token ids of ``split`` as a read-only uint16 memory map, tokenised on first use and cached."""
+    """The token ids of ``split`` as a read-only uint16 memory map, tokenised on first use and cached.
+
+    The cache file ``<split>-<key>.uint16`` is keyed by the text files (path, size, modification time) and the
+    tokenizer, and checked at every load against ``<split>-<key>.json`` (token count, checksum): a damaged cache
+    (cut short, overwritten, emptied) is rebuilt with a warning that names it, or refused when it cannot be.
+    """
     files = text_files(split, path)
     key = hashlib.sha256()
     for f in files:
         stat = f.stat()
         key.update(f"{f.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    key.update(f"{_tokenizer_fingerprint(tokenizer)}|{len(tokenizer)}|v{CACHE_VERSION}".encode())
+    key.update(f"{_tokenizer_fingerprint(tokenizer)}|v{CACHE_VERSION}".encode())
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / f"{_check_split(split)}-{key.hexdigest()[:20]}.uint16"
-    if not target.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        ids = tokenize("".join(read_stories(f) for f in files), tokenizer)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # unique per process: DDP ranks may race
-        ids.tofile(tmp)
-        os.replace(tmp, target)
+    record_path = target.with_suffix(".json")
+    problem = _cache_problem(target, record_path, tokenizer) if target.is_file() else "missing"
+    if problem is not None:
+        if problem != "missing":
+            print(f"WARNING: the token cache {target} is damaged ({problem}): rebuilding it.", file=sys.stderr)
+        try:
+            _build_cache(files, tokenizer, target, record_path)
+        except OSError as err:
+            raise OSError(f"The token cache {target} could not be written ({err}): make {cache} writable, or set "
+                          f"LLAMA3_DATA_CACHE to a folder that is.") from err
     if target.stat().st_size == 0:
         raise ValueError(f"{', '.join(map(str, files))} holds no text to train on.")
     return np.memmap(target, dtype=np.uint16, mode="r")

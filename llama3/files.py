@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,11 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's sharde
 PTH_NAME = "model.pth"  # the weights as a torch pickle (save_pretrained(safe_serialization=False))
 CHECKPOINT_NAME = "checkpoint.pt"  # a training checkpoint: model, optimiser, RNG states, step
 PAD_TOKEN = "[PAD]"  # added to GPT-2's vocabulary (id 50257), which has no padding token
+# a training run's --out-dir (llama3/train.py)
+MODEL_DIR_NAME = "model"  # the latest model of a run, in save_pretrained form
+METRICS_NAME = "metrics.jsonl"  # one JSON object per logged step or evaluation
+LOSS_PLOT_NAME = "loss.png"  # the training and validation curves
+LOCK_NAME = ".lock"  # locked (flock) by the training that writes into the folder
 
 
 def read_json(path: str | os.PathLike, what: str = "a JSON object") -> dict:
@@ -87,6 +93,38 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) 
         os.replace(tmp, path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` to fill; on success its files are fsynced and it takes the place
+    of ``path``, so a failed or interrupted write leaves the previous folder whole (a model whose tokenizer.json
+    is cut off by a full disk never replaces a good one).
+
+    A folder cannot be renamed over a non-empty one, so the old folder is first renamed aside and deleted after: a
+    crash between those two renames is the only moment with nothing at ``path``. Errors are raised as for
+    ``atomic_write``: ``OSError`` naming ``path``.
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error

@@ -1,7 +1,9 @@
 """python -m llama3: --help everywhere, generate streams what generate_kv returns, eval's figures checked against
 Llama3.forward's own loss, and the shipped checkpoint (size, loading, a story)."""
 
+import dataclasses
 import math
+import os
 import subprocess
 import sys
 
@@ -259,3 +261,68 @@ def test_the_command_line_prints_a_one_line_error_for_bad_input(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("error: No model at") and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def test_train_help_gives_every_option_its_help_and_default(capsys):
+    from llama3.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in out, flag
+        help_ = field.metadata["help"].replace("%%", "%")
+        if field.default is None:  # the help says in words what happens by default, once
+            assert f"{help_}" in out and help_.count("(default: ") == 1, flag
+            assert f"{help_} (default: None)" not in out, flag
+        else:
+            assert f"{help_} (default: {field.default})" in out, flag
+    assert "--d-model D_MODEL model width (default: 256)" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be at least 1, got 0."),
+    (["--steps", "-1"], "--steps must be at least 1, got -1."),
+    (["--batch-size", "-1"], "--batch-size must be at least 1, got -1."),
+    (["--threads", "-1"], "--threads must be at least 1 (or left out), got -1."),
+    (["--lr", "nan"], "Need 0 <= --min-lr <= --lr and --lr > 0, got lr=nan"),
+    (["--dropout", "1.5"], "--dropout must be in [0.0, 1.0), got 1.5."),
+    (["--device", "foo"], "--device 'foo' is not a device: use auto, cpu, cuda, cuda:N or mps."),
+])
+def test_train_refuses_bad_numbers_and_devices_with_one_line(flags, message, tmp_path, capsys):
+    assert run(["train", "--out-dir", str(tmp_path / "run"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_on_cuda_without_cuda_says_so(tmp_path, capsys):
+    assert run(["train", "--out-dir", str(tmp_path / "run"), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda but CUDA is not available") and "--device cpu" in err
+
+
+def test_train_into_a_folder_it_cannot_write_says_so(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert run(["train", "--out-dir", str(blocker / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Cannot write in --out-dir {blocker / 'run'} (") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_into_a_read_only_folder_says_so(tmp_path, capsys):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    assert run(["train", "--out-dir", str(read_only / "run")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: Cannot write in --out-dir {read_only / 'run'} (Permission")
+
+
+def test_train_errors_from_the_installed_module_have_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llama3", "train", "--steps", "-1", "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --steps must be at least 1, got -1.") and result.stderr.count("\n") == 1

@@ -258,3 +258,68 @@ def test_text_too_short_for_one_window_is_refused(tmp_path, bpe):
         TokenDataset(tokens, seq_len=64)
     with pytest.raises(ValueError, match="too short"):
         get_batch(tokens, 2, 64)
+
+
+# ------------------------------------------------------------------------------------------- a damaged cache
+DAMAGES = {
+    "truncated": lambda raw, rng: raw[: len(raw) // 2],
+    "random ids": lambda raw, rng: rng.integers(0, 4096, len(raw) // 2, dtype=np.uint16).tobytes(),
+    "odd size": lambda raw, rng: raw + b"\x01",
+    "random bytes": lambda raw, rng: rng.bytes(1001),
+    "empty": lambda raw, rng: b"",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_token_cache_is_named_and_rebuilt(damage, stories, bpe, tmp_path, capsys):
+    """The oracle: the ids of a fresh tokenisation of the same text. Whatever happened to the cache file, load_tokens
+    must return those ids, say which file it rebuilt, and leave a cache that loads silently next time."""
+    expected = tokenize(load_text("train", stories), bpe)
+    cache = tmp_path / "cache"
+    assert np.array_equal(load_tokens("train", bpe, stories, cache_dir=cache), expected)
+    [token_file] = cache.glob("*.uint16")
+    token_file.write_bytes(DAMAGES[damage](token_file.read_bytes(), np.random.default_rng(0)))
+    capsys.readouterr()
+    assert np.array_equal(load_tokens("train", bpe, stories, cache_dir=cache), expected)
+    assert f"the token cache {token_file} is damaged" in capsys.readouterr().err
+    assert np.array_equal(load_tokens("train", bpe, stories, cache_dir=cache), expected)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("record", ["missing", "garbage", "another tokenizer"])
+def test_a_token_cache_without_a_valid_record_is_rebuilt(record, stories, bpe, tmp_path, capsys):
+    """A crash between the token file and its record, or a damaged record: the cache cannot be trusted."""
+    expected = tokenize(load_text("train", stories), bpe)
+    cache = tmp_path / "cache"
+    load_tokens("train", bpe, stories, cache_dir=cache)
+    [record_file] = cache.glob("*.json")
+    if record == "missing":
+        record_file.unlink()
+    elif record == "garbage":
+        record_file.write_text('{"tokens": 12')
+    else:
+        record_file.write_text(record_file.read_text().replace('"tokenizer": "', '"tokenizer": "x'))
+    capsys.readouterr()
+    assert np.array_equal(load_tokens("train", bpe, stories, cache_dir=cache), expected)
+    assert "is damaged" in capsys.readouterr().err
+
+
+def test_a_damaged_cache_that_cannot_be_rebuilt_is_refused_by_name(stories, bpe, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    load_tokens("train", bpe, stories, cache_dir=cache)
+    [token_file] = cache.glob("*.uint16")
+    token_file.write_bytes(token_file.read_bytes()[:100])
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data, "atomic_write_bytes", disk_full)
+    with pytest.raises(OSError, match=f"token cache {token_file} could not be written.*LLAMA3_DATA_CACHE"):
+        load_tokens("train", bpe, stories, cache_dir=cache)
+
+
+def test_non_utf8_text_names_the_file(tmp_path, bpe):
+    bad = tmp_path / "TinyStories-train.latin1.txt"
+    bad.write_bytes("Once upon a time, a café.\n<|endoftext|>\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{bad} is not UTF-8 text"):
+        load_tokens("train", bpe, bad, cache_dir=tmp_path / "cache")

@@ -1,18 +1,25 @@
 """llama3.train: the schedule, exact resume, safe checkpoints, clear errors, and DDP equal to one process."""
 
+import ast
+import importlib.metadata
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from llama3 import Llama3
 from llama3 import train as train_module
 from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model
-from llama3.train import TrainConfig, atomic_torch_save, load_checkpoint, lr_schedule, train
+from llama3.train import TrainConfig, load_checkpoint, lr_schedule, save_checkpoint, train
 from tests.test_data import write_tinystories
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(tmp_path, data, **overrides) -> TrainConfig:
@@ -33,6 +40,19 @@ def stories(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "token_cache"))
+
+
+def cli_flags(config: TrainConfig) -> list[str]:
+    """The command-line flags that give ``config`` (None left out, booleans as --x / --no-x)."""
+    flags = []
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            flags.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
+        else:
+            flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
 
 
 def losses(rows, key="loss"):
@@ -107,34 +127,33 @@ def test_resume_refuses_missing_corrupt_and_mismatched_checkpoints(tmp_path, sto
         load_checkpoint(ckpt)
 
 
+def torch_save_disk_full(obj, f):
+    """What torch.save does on a full disk: part of the file written, then a RuntimeError (not an OSError)."""
+    f.write(b"half a checkpoint")
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 485")
+
+
 def test_a_failed_save_never_destroys_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    atomic_torch_save({"step": 1}, path)
+    save_checkpoint({"step": 1}, path)
     good = path.read_bytes()
-
-    def disk_full(obj, f):
-        f.write(b"half a checkpoint")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(train_module.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        atomic_torch_save({"step": 2}, path)
+    monkeypatch.setattr(train_module.torch, "save", torch_save_disk_full)
+    with pytest.raises(OSError, match="checkpoint.pt"):  # torch's RuntimeError, as an OSError naming the file
+        save_checkpoint({"step": 2}, path)
     assert path.read_bytes() == good
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
 def test_training_survives_a_full_disk_and_keeps_the_last_good_checkpoint(tmp_path, stories, monkeypatch, capsys):
     config = tiny_config(tmp_path, stories, steps=6, ckpt_interval=3)
-    real_save = train_module.atomic_torch_save
+    real_save = torch.save
     calls = []
 
-    def save_then_fail(obj, path):
+    def save_then_fail(obj, f):
         calls.append(obj["step"])
-        if obj["step"] > 3:
-            raise OSError(28, "No space left on device")
-        real_save(obj, path)
+        (real_save if obj["step"] <= 3 else torch_save_disk_full)(obj, f)
 
-    monkeypatch.setattr(train_module, "atomic_torch_save", save_then_fail)
+    monkeypatch.setattr(train_module.torch, "save", save_then_fail)
     rows = train(config)
     assert calls == [3, 6] and max(losses(rows)) == 6  # training went on after the failed save
     assert "could not save the checkpoint at step 6" in capsys.readouterr().err
@@ -151,30 +170,62 @@ def test_bad_settings_are_refused_with_the_flag_name(tmp_path, stories):
 
 
 # --------------------------------------------------------------------------------------------------- DDP
-def test_ddp_two_processes_give_the_losses_of_one_process_on_the_same_global_batch(tmp_path, stories):
-    """torchrun with 2 CPU processes (gloo): each takes half of the global batch; the averaged gradients and losses
-    must equal those of one process that sees the whole batch."""
+def test_ddp_two_processes_split_the_global_batch_and_give_the_losses_of_one_process(tmp_path, stories,
+                                                                                       monkeypatch):
+    """torchrun with 2 CPU processes (gloo). Each process must see its own half of the global batch (rank 0 the
+    first rows, rank 1 the rest, together exactly the windows one process trains on), and the averaged gradients
+    and losses must equal those of the one process that sees the whole batch."""
+    seen, real_forward = [], Llama3.forward
+
+    def recording_forward(self, tgt, *args, **kwargs):
+        if self.training:
+            seen.append(tgt.detach().clone())
+        return real_forward(self, tgt, *args, **kwargs)
+
+    monkeypatch.setattr(Llama3, "forward", recording_forward)
     single = train(tiny_config(tmp_path / "one", stories, steps=4, eval_interval=2))
-    config = tiny_config(tmp_path / "two", stories, steps=4, eval_interval=2)
-    flags = []
-    for key, value in config.to_dict().items():
-        if value is None or key in ("threads",):
-            continue
-        if isinstance(value, bool):
-            flags.append(f"--{key.replace('_', '-')}" if value else f"--no-{key.replace('_', '-')}")
-        else:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    monkeypatch.undo()
+    config = tiny_config(tmp_path / "two", stories, steps=4, eval_interval=2, threads=None)
+    record = tmp_path / "batches"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "llama3", "train", *flags], env=env, capture_output=True, text=True, timeout=300)
+                             "-m", "tests.train_child", "--record-batches", str(record), "--", *cli_flags(config)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "2 process(es)" in result.stderr
+    ranks = [torch.load(f"{record}.rank{r}") for r in (0, 1)]
+    assert len(seen) == len(ranks[0]) == len(ranks[1]) == 4  # one forward per step and process
+    for whole, first, second in zip(seen, *ranks):
+        assert whole.shape == (4, 32) and first.shape == second.shape == (2, 32)
+        assert torch.equal(first, whole[:2]) and torch.equal(second, whole[2:])
+    rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses(rows).keys() == losses(single).keys()
     for step, loss in losses(single).items():
         assert losses(rows)[step] == pytest.approx(loss, abs=1e-5)
     for step, loss in losses(single, "val_loss").items():
         assert losses(rows, "val_loss")[step] == pytest.approx(loss, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ packaging
+def test_every_module_level_import_of_the_package_is_a_declared_dependency():
+    """pip install . must give a package that imports and trains: each third-party module imported at the top of a
+    llama3 module (matplotlib for loss.png included) belongs to a distribution in pyproject's dependencies."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = {re.split(r"[<>=!~ \[;]", d)[0].lower().replace("_", "-")
+                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    missing = set()
+    for file in (REPO / "llama3").rglob("*.py"):
+        for node in ast.parse(file.read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for top in {n.split(".")[0] for n in names}:
+                if top in sys.stdlib_module_names or top in ("llama3", "__future__"):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
+                if not dists & declared:
+                    missing.add(f"{top} ({file.relative_to(REPO)})")
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {sorted(missing)}"
 
 
 def test_the_default_warmup_fits_a_short_run():
