@@ -134,7 +134,8 @@ def bench_training(model, hf, batch, seq, steps, repeats, device, dtype):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    fns = {"llama3": lambda: step(model, opt_ours, lambda: model(tgt, labels=tgt).loss),
+    # return_logits=False: the head and the loss by chunks, as `python -m llama3 train` runs them (llama3/loss.py)
+    fns = {"llama3": lambda: step(model, opt_ours, lambda: model(tgt, labels=tgt, return_logits=False).loss),
            "transformers": lambda: step(hf, opt_hf, lambda: hf(tgt, labels=tgt).loss)}
     times = best_of(fns, repeats, device)
     model.eval(), hf.eval()

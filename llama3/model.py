@@ -32,6 +32,7 @@ from llama3.convert import (
 from llama3.decoder import DecoderLayer
 from llama3.files import CONFIG_NAME, PTH_NAME, SAFETENSORS_NAME, atomic_write_text, read_json
 from llama3.kv_cache import KV_Cache
+from llama3.loss import linear_cross_entropy
 from llama3.norm import RMSNorm
 from llama3.rope import RoPE
 from llama3.tokenizer import save_tokenizer
@@ -48,7 +49,7 @@ MAKE_A_CHECKPOINT = (
 
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor  # (B, T, vocab_size), or (B, logits_to_keep, vocab_size)
+    logits: torch.Tensor | None  # (B, T, vocab_size), or (B, logits_to_keep, vocab_size); None if not asked for
     loss: torch.Tensor | None = None  # mean cross-entropy of next-token prediction, when labels are given
 
 
@@ -78,7 +79,8 @@ class Llama3(nn.Module):
 
     def forward(self, tgt: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, *, kv_caches: list[KV_Cache] | None = None, start_pos: int = 0,
-                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0) -> CausalLMOutput:
+                position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
+                shift_labels: torch.Tensor | None = None, return_logits: bool = True) -> CausalLMOutput:
         """tgt (B, T) token ids -> logits (B, T, vocab) and, given labels, the loss.
 
         attention_mask (B, S): 1 for real tokens, 0 for padding; S = start_pos + T covers the cached positions
@@ -86,6 +88,11 @@ class Llama3(nn.Module):
         as the row alone. labels (B, T) follow transformers: the shift happens here, -100 and padding are
         ignored. kv_caches (one per layer) turn on cached decoding from start_pos. logits_to_keep > 0 computes
         the head for the last positions only (generation needs one).
+
+        Training: shift_labels (B, T) are targets already shifted (position t predicts shift_labels[:, t]; -100
+        ignored), as a data loader's (x, y) windows give them. return_logits=False computes the loss by chunks
+        (``llama3.loss``) without ever building the (B, T, vocab) logits, and returns logits=None: the same loss and
+        gradients, less memory, faster.
         """
         if not isinstance(tgt, torch.Tensor) or tgt.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"tgt must be a LongTensor of token ids, got {getattr(tgt, 'dtype', type(tgt).__name__)}.")
@@ -121,6 +128,15 @@ class Llama3(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, None if kv_caches is None else kv_caches[i], start_pos)
         h = self.norm(h)
+        if labels is not None and shift_labels is not None:
+            raise ValueError("Pass labels (shifted here) or shift_labels (already shifted), not both.")
+        if not return_logits:
+            if labels is None and shift_labels is None:
+                raise ValueError("return_logits=False returns only the loss: pass labels or shift_labels.")
+            targets = shift_labels if shift_labels is not None else self.shift_targets(labels, attention_mask)
+            if targets.shape != (batch, seq):
+                raise ValueError(f"shift_labels must have shape {(batch, seq)} (like tgt), got {tuple(targets.shape)}.")
+            return CausalLMOutput(logits=None, loss=linear_cross_entropy(h, self.output.weight, targets))
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.output(h)  # (B, T, vocab_size)
@@ -128,6 +144,8 @@ class Llama3(nn.Module):
         loss = None
         if labels is not None:
             loss = self.loss(logits, labels, attention_mask)
+        elif shift_labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), shift_labels.flatten(), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss)
 
     @staticmethod
@@ -139,6 +157,13 @@ class Llama3(nn.Module):
         """
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (like tgt), got {tuple(labels.shape)}.")
+        shift_labels = Llama3.shift_targets(labels, attention_mask)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1),
+                               ignore_index=-100)
+
+    @staticmethod
+    def shift_targets(labels: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """labels (B, T) -> the target of each position (B, T): labels[:, t + 1], -100 where there is none."""
         # Shift the labels left rather than the logits right: slicing the (B, T, vocab) logits would copy them,
         # and its backward would allocate another tensor of that size.
         shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): the target of position t is t + 1
@@ -146,8 +171,7 @@ class Llama3(nn.Module):
             mask = attention_mask[:, -labels.shape[1]:].bool()
             seen = F.pad(mask[:, 1:] & mask[:, :-1], (0, 1), value=False)
             shift_labels = shift_labels.masked_fill(~seen, -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shift_labels.reshape(-1),
-                               ignore_index=-100)
+        return shift_labels
 
     # ------------------------------------------------------------------------------------------- generation
     def generate(self, prompt, tokenizer=None, **kwargs):

@@ -62,6 +62,7 @@ from llama3.files import (
     atomic_write,
     atomic_write_text,
 )
+from llama3.loss import compile_for_training
 from llama3.model import Llama3
 from llama3.plots import plot_metrics
 from llama3.tokenizer import load_tokenizer
@@ -142,9 +143,12 @@ class TrainConfig:
                                               "process (default: no limit)")
     threads: int | None = setting(None, "CPU threads (default: torch's choice, shared out among DDP processes)")
     progress: bool = setting(True, "show a progress bar")
+    compile: bool = setting(False, "torch.compile the decoder layers (llama3.loss.compile_for_training): faster "
+                                   "steps after a minute of compiling")
 
     RESUMABLE = ("out_dir", "device", "eval_interval", "eval_windows", "log_interval", "ckpt_interval", "save_dtype",
-                 "resume", "stop_after", "max_minutes", "threads", "progress", "data", "val_data", "tokenizer")
+                 "resume", "stop_after", "max_minutes", "threads", "progress", "data", "val_data", "tokenizer",
+                 "compile")
 
     def __post_init__(self) -> None:
         if self.warmup_steps is None:
@@ -464,7 +468,9 @@ def train_step(model, optimizer, scheduler, config: TrainConfig, next_batch, ddp
         sync = micro == config.grad_accum - 1 or ddp.world == 1
         with nullcontext() if sync else model.no_sync():
             with autocast(device, amp):
-                loss = model(x, labels=x).loss  # the model's loss: labels shift inside, as in transformers
+                # the model's loss (labels shift inside, as in transformers), the head and the loss by chunks
+                # (llama3.loss): the (B, T, vocab) float32 logits are never built
+                loss = model(x, labels=x, return_logits=False).loss
             (loss / config.grad_accum).backward()
         loss_sum += loss.detach()
     raw = model.module if ddp.world > 1 else model
@@ -487,7 +493,7 @@ def estimate_loss(model: Llama3, dataset: TokenDataset, windows: int, batch_size
     total, count = 0.0, 0
     for x, _ in dataset.eval_batches(batch_size, windows, device):
         with autocast(device, amp):
-            loss = model(x, labels=x).loss  # mean over the B * (T - 1) predicted tokens
+            loss = model(x, labels=x, return_logits=False).loss  # mean over the B * (T - 1) predicted tokens
         n = x.shape[0] * (x.shape[1] - 1)
         total += loss.item() * n
         count += n
@@ -615,6 +621,8 @@ class Run:
         rows = read_metrics(metrics_path, progress.step) if config.resume else []
         if ddp.master:
             write_metrics(rows, metrics_path)  # without the rows of steps after the checkpoint
+        if config.compile:
+            compile_for_training(model)
         step_model = model
         if ddp.world > 1:
             step_model = torch.nn.parallel.DistributedDataParallel(
