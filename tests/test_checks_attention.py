@@ -1,7 +1,6 @@
 """check_attention accepts correct attention classes and rejects each planted mistake with its own hint."""
 
 import math
-import re
 
 import pytest
 import torch
@@ -10,8 +9,8 @@ from torch import nn
 
 from llama3 import MultiHeadGQAttention
 from llama3.checks import check_attention
-from llama3.checks._common import CheckFailed
 from llama3.rope import apply_rotary
+from tests.checks_util import assert_named
 
 
 class EinsumAttention(nn.Module):
@@ -23,7 +22,7 @@ class EinsumAttention(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.heads, self.n_kv_heads, self.head_dim = args.heads, args.n_kv_heads, args.head_dim
-        self.group_size = args.group_size
+        self.group_size, self.use_flash = args.group_size, args.use_flash
         self.wq = nn.Linear(args.d_model, args.heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.d_model, args.n_kv_heads * args.head_dim, bias=False)
@@ -49,18 +48,31 @@ class EinsumAttention(nn.Module):
             scores = scores / math.sqrt(self.head_dim)
         if mask is None or self.mistake == "padding ignored":
             past = 0 if self.mistake == "top-left" and seq > 1 else kv_len - seq
+            past += {"shift-1": -1, "shift+1": 1}.get(self.mistake, 0)
             mask = torch.ones(seq, kv_len, dtype=torch.bool).tril(past)
             if self.mistake == "no causal":
                 mask = torch.ones_like(mask)
         elif self.mistake == "no causal":
             mask = mask | torch.ones(seq, kv_len, dtype=torch.bool).tril(kv_len - seq).logical_not()
-        scores = scores + torch.zeros_like(scores).masked_fill(~mask, float("-inf"))
+        if self.use_flash and self.mistake is None:  # the fused path: SDPA with the same additive mask
+            additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+            out = F.scaled_dot_product_attention(q.flatten(1, 2), k.repeat_interleave(self.group_size, 1),
+                                                 v.repeat_interleave(self.group_size, 1), attn_mask=additive)
+            return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+        if self.mistake == "add-bool":
+            scores = scores + mask
+        elif self.mistake == "fill-zero":
+            scores = scores.masked_fill(~mask, 0.0)
+        else:
+            scores = scores + torch.zeros_like(scores).masked_fill(~mask, float("-inf"))
         probs = F.softmax(scores, dim=-2 if self.mistake == "softmax over queries" else -1)
         if self.mistake == "repeat":
             out = torch.einsum("bhts,bhsd->bhtd", probs, v)
         else:
             probs = probs.view(batch, self.n_kv_heads, self.group_size, seq, kv_len)
             out = torch.einsum("bkgts,bksd->bkgtd", probs, v).flatten(1, 2)
+        if self.mistake == "no-transpose":
+            return self.wo(out.reshape(batch, seq, -1))
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -73,6 +85,8 @@ class TopLeftFlashAttention(MultiHeadGQAttention):
     wrong for queries on top of a filled cache (SDPA aligns its triangle top-left)."""
 
     def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        if not self.use_flash:  # the by-hand path builds its triangle top-left too (tril without offset)
+            return super().forward(x, cos, sin, mask, kv_cache, start_pos)
         batch, seq, _ = x.shape
         q = apply_rotary(self.wq(x).view(batch, seq, self.heads, self.head_dim), cos, sin).transpose(1, 2)
         k = apply_rotary(self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
@@ -108,20 +122,43 @@ def test_correct_solutions_pass(solution, capsys):
     assert capsys.readouterr().out.startswith("PASSED MultiHeadGQAttention")
 
 
-@pytest.mark.parametrize("planted_class,phrase", [
+class FlashAlways(MultiHeadGQAttention):
+    """Takes the fused path whatever use_flash says."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.use_flash = True
+
+
+class ByHandAlways(MultiHeadGQAttention):
+    def __init__(self, args):
+        super().__init__(args)
+        self.use_flash = False
+
+
+MISTAKES = [
     (planted("no causal"), "the causal mask is missing"),
+    (planted("shift-1"), "query t does not see itself"),
+    (planted("shift+1"), "query t also sees key t + 1"),
+    (planted("add-bool"), "the boolean mask is added to the scores"),
+    (planted("fill-zero"), "filled with 0 instead of -inf"),
+    (planted("no-transpose"), "merged without transposing back"),
     (planted("no scale"), "the scores are not scaled"),
-    (planted("softmax over queries"), "the softmax runs over the wrong axis"),
+    (planted("softmax over queries"), "the softmax runs over the queries"),
     (planted("repeat"), "expanded with repeat (kv0, kv1, kv0, kv1"),
     (planted("padding ignored"), "the padding mask is ignored"),
     (planted("cache ignored"), "the KV cache is not used"),
     (planted("top-left"), "aligned top-left"),
     (TopLeftFlashAttention, "aligned top-left"),
     (MissingRopeOnKeys, "RoPE is applied to q only"),
-])
+    (FlashAlways, "use_flash=False still calls F.scaled_dot_product_attention"),
+    (ByHandAlways, "use_flash=True never calls F.scaled_dot_product_attention"),
+]
+
+
+@pytest.mark.parametrize("planted_class,phrase", MISTAKES)
 def test_planted_mistakes_are_named(planted_class, phrase):
-    with pytest.raises(CheckFailed, match=re.escape(phrase)):
-        check_attention(planted_class)
+    assert_named(check_attention, planted_class, phrase, [p for _, p in MISTAKES] + ["Is the mask inverted"])
 
 
 def test_wrong_kv_projection_size_is_explained():
@@ -130,5 +167,5 @@ def test_wrong_kv_projection_size_is_explained():
             super().__init__(args)
             self.wk = nn.Linear(args.d_model, args.heads * args.head_dim, bias=False)
 
-    with pytest.raises(CheckFailed, match="wk and wv map d_model -> n_kv_heads"):
-        check_attention(FullSizeKV)
+    error = assert_named(check_attention, FullSizeKV, "self.wk.weight has shape")
+    assert "wk and wv map d_model -> n_kv_heads" in error.fix
