@@ -45,12 +45,16 @@ def __getattr__(name):
 
 
 def _short_traceback(shell, etype, value, tb, tb_offset=None):
-    """IPython's handler for CheckFailed: the exception type, the exercise and the message, no checker frames."""
+    """IPython's handler for CheckFailed: shows the exception type, the exercise and the message, no checker frames
+    (as an error output: JupyterLab draws it, nbval and nbclient read its ename and evalue)."""
     if is_verbose():
-        return shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
-    red, bold, reset = "\x1b[0;31m", "\x1b[1m", "\x1b[0m"
-    where = f" in {value.exercise}" if getattr(value, "exercise", "") else ""
-    return [f"{red}{etype.__name__}{reset}{bold}{where}{reset}", str(value)]
+        stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    else:
+        red, bold, reset = "\x1b[0;31m", "\x1b[1m", "\x1b[0m"
+        where = f" in {value.exercise}" if getattr(value, "exercise", "") else ""
+        stb = [f"{red}{etype.__name__}{reset}{bold}{where}{reset}", str(value)]
+    shell._showtraceback(etype, value, stb)
+    return stb
 
 
 def _install_ipython_handler() -> None:

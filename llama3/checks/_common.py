@@ -113,7 +113,7 @@ def checker(fn):
                 raise
             error.__traceback__ = None
             failure = error
-        raise failure from None  # outside the except block: no "During handling of the above exception" either
+        raise failure from None  # outside the except block, so the learner's exception is not chained to it
 
     return run
 
