@@ -24,6 +24,8 @@ _CHECKERS = {
     "check_ffn": "ffn",
     "check_kv_cache": "kv_cache",
     "check_attention": "attention",
+    "check_attention_mask": "attention",
+    "check_attention_by_hand": "attention",
     "check_decoder_layer": "decoder",
     "check_llama3": "model",
     "check_loss": "model",

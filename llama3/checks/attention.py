@@ -20,10 +20,22 @@ from torch.overrides import TorchFunctionMode
 
 from llama3.attention import MultiHeadGQAttention as ReferenceAttention
 from llama3.attention import build_attention_mask
-from llama3.checks._common import build, call, checker, close, copy_weights, fail, passed
+from llama3.checks._common import (
+    build,
+    call,
+    checker,
+    close,
+    copy_weights,
+    fail,
+    learner_dependency,
+    passed,
+    prerequisite,
+)
 from llama3.config import ModelArgs
 from llama3.kv_cache import KV_Cache
 from llama3.rope import RoPE, apply_rotary
+
+_reference_mask = build_attention_mask
 
 ATOL = 1e-5  # float32; SDPA and the spelled-out softmax agree to ~1e-7
 
@@ -213,9 +225,23 @@ def _check_path(mine, x, cos, sin, use_flash, where):
 
 
 @checker
-def check_attention(MultiHeadGQAttention) -> None:
+def check_attention(MultiHeadGQAttention, *, attention_by_hand=None, build_attention_mask=None) -> None:
     """Check a learner's ``MultiHeadGQAttention(args)`` with forward(x, cos, sin, mask=None, kv_cache=None,
-    start_pos=0), on both paths (use_flash False and True), MHA, GQA and MQA, with masks and a KV cache."""
+    start_pos=0), on both paths (use_flash False and True), MHA, GQA and MQA, with masks and a KV cache.
+
+    The learner's own ``build_attention_mask`` and ``attention_by_hand`` (the earlier exercises; passed explicitly
+    or the ones the class's code calls by name) are re-checked first."""
+    mine_mask = learner_dependency(MultiHeadGQAttention, "build_attention_mask", build_attention_mask,
+                                   reference=_reference_mask)
+    if mine_mask is not None:
+        prerequisite(check_attention_mask, mine_mask, "build_attention_mask", "MultiHeadGQAttention")
+    mine_by_hand = learner_dependency(MultiHeadGQAttention, "attention_by_hand", attention_by_hand)
+    if mine_by_hand is not None and not isinstance(mine_by_hand, property):
+        prerequisite(check_attention_by_hand, mine_by_hand, "attention_by_hand", "MultiHeadGQAttention")
+    _check_attention(MultiHeadGQAttention)
+
+
+def _check_attention(MultiHeadGQAttention) -> None:
     gen = torch.Generator().manual_seed(0)
     for d_model, heads, group_size in CONFIGS:
         for use_flash in (False, True):
@@ -279,3 +305,180 @@ def check_attention(MultiHeadGQAttention) -> None:
                 _compare(out, ref, x[:, :6], cos[:, :6], sin[:, :6], 3, None, where)
     passed("MultiHeadGQAttention: causal, padded, cached prefill + decode and chunked prefill agree with "
            "llama3.MultiHeadGQAttention for MHA, GQA and MQA, manual and flash (SDPA) paths.")
+
+
+# ------------------------------------------------------------------------------------------------- the masks
+MASK_FIX = ("query t sits at position start_pos + t and sees keys s <= start_pos + t: query_pos = "
+            "torch.arange(start_pos, start_pos + q_len)[:, None]; key_pos = torch.arange(S)[None, :]; mask = "
+            "(key_pos <= query_pos)[None, None]; with an attention_mask (B, S): mask = (mask & "
+            "attention_mask[:, None, None, :].bool()) | (key_pos == query_pos)[None, None].")
+
+
+def _mask_variants(attention_mask, q_len, start_pos):
+    """(mask, what is wrong) for the usual mistakes in a causal + padding mask builder."""
+    kv_len = start_pos + q_len if attention_mask is None else attention_mask.shape[-1]
+    query_pos = torch.arange(start_pos, start_pos + q_len)[:, None]
+    key_pos = torch.arange(kv_len)[None, :]
+    right = build_attention_mask(attention_mask, q_len, start_pos)
+    pad = None if attention_mask is None else attention_mask.bool()
+
+    def with_padding(causal, keys=True, diagonal=True):
+        mask = causal[None, None]
+        if pad is None:
+            return mask
+        if keys:
+            mask = mask & pad[:, None, None, :]
+        else:  # the padding applied to the queries
+            mask = mask & pad[:, None, -q_len:, None]
+        return mask | (key_pos == query_pos)[None, None] if diagonal else mask
+
+    yield ~right, "the mask is inverted: it must be True where a query MAY attend."
+    yield (with_padding(key_pos < query_pos),
+           "the causal part excludes the diagonal (key s < query t): a token must see itself, or the first query "
+           "sees no key at all and its softmax is NaN.")
+    yield (with_padding(key_pos <= query_pos + 1),
+           "the causal part lets query t see key t + 1, one token of the future.")
+    if start_pos:
+        yield (with_padding(key_pos <= query_pos - start_pos),
+               "start_pos is ignored: the causal triangle is aligned top-left, so the T new queries at positions "
+               "start_pos .. start_pos+T-1 do not see all the cached keys before them.")
+    if pad is not None:
+        yield with_padding(key_pos <= query_pos, keys=False), (
+            "the padding mask hides padded QUERIES instead of padded KEYS: index it as attention_mask[:, None, None, "
+            ":] so that it broadcasts over the keys (the last dimension).")
+        yield (key_pos <= query_pos)[None, None].expand(pad.shape[0], 1, q_len, kv_len), (
+            "attention_mask is ignored: padded keys are attended to.")
+        yield with_padding(key_pos <= query_pos, diagonal=False), (
+            "a padded query sees no key at all (its row is all False), so its softmax is 0/0 = NaN: let every query "
+            "see at least itself (| key_pos == query_pos).")
+
+
+@checker
+def check_attention_mask(build_attention_mask_fn) -> None:
+    """Check a learner's ``build_attention_mask(attention_mask (B, S) or None, q_len, start_pos=0)`` -> a boolean
+    mask (B or 1, 1, T, S), True where query t (at position start_pos + t) may attend to key s."""
+    left_right = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])  # row 0 left-padded, row 1 right-padded
+    cases = [((None, 5, 0), "attention_mask=None, q_len=5 (training)"),
+             ((None, 3, 4), "attention_mask=None, q_len=3, start_pos=4 (3 new tokens on 4 cached ones)"),
+             ((left_right, 6, 0), "a padded batch (B=2, S=6), q_len=6"),
+             ((torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]]), 1, 6),
+              "a left-padded batch decoding one token at start_pos=6")]
+    for (attention_mask, q_len, start_pos), name in cases:
+        what = f"build_attention_mask on {name}"
+        expected = build_attention_mask(attention_mask, q_len, start_pos)
+        out = call(build_attention_mask_fn, None if attention_mask is None else attention_mask.clone(), q_len,
+                   start_pos, what=what)
+        if not isinstance(out, torch.Tensor):
+            fail(f"{what}: returned {type(out).__name__}, not a tensor.", MASK_FIX)
+        if out.dtype != torch.bool:
+            fail(f"{what}: returned a {out.dtype} mask; the lesson's masks are boolean (True = may attend), which "
+                 f"both masked_fill and F.scaled_dot_product_attention understand.", MASK_FIX)
+        if out.dim() != 4 or out.shape[1:] != expected.shape[1:] or out.shape[0] not in (1, expected.shape[0]):
+            fail(f"{what}: returned shape {tuple(out.shape)}, expected {tuple(expected.shape)} = (1 or B, 1, T, S) "
+                 f"(the 1 broadcasts over the heads).", MASK_FIX)
+        out = out.expand(expected.shape)
+        if torch.equal(out, expected.expand(out.shape)):
+            continue
+        for wrong, problem in _mask_variants(attention_mask, q_len, start_pos):
+            if torch.equal(out, wrong.expand(out.shape)):
+                fail(f"{what}: {problem}", MASK_FIX)
+        fail(f"{what}: the mask differs from the reference in {int((out != expected).sum())} places.", MASK_FIX)
+    passed("build_attention_mask: causal with an offset, padded keys hidden, every query sees itself.")
+
+
+# ---------------------------------------------------------------------------------------- attention by hand
+BY_HAND_FIX = ("k, v = k.repeat_interleave(group_size, dim=1), v.repeat_interleave(group_size, dim=1) with group_size "
+               "= q.shape[1] // k.shape[1]; scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim); if mask is None "
+               "and T > 1: mask = torch.ones(T, S, dtype=torch.bool).tril(); if mask is not None: scores = "
+               "scores.masked_fill(~mask, float('-inf')); probs = F.dropout(F.softmax(scores.float(), dim=-1), "
+               "dropout, training=dropout > 0).type_as(q); return probs @ v.")
+
+BY_HAND_MISTAKES = (
+    (dict(causal=False), "the causal mask is missing: with mask=None and T > 1 query t also attends to the future."),
+    (dict(causal="shift-1"), "the causal mask is shifted by one: query t does not see itself (tril(-1)), so the "
+                             "first query sees no key at all and its softmax is NaN."),
+    (dict(causal="shift+1"), "the causal mask is shifted by one: query t also sees key t + 1 (tril(1))."),
+    (dict(causal="always"), "a causal triangle is built for a single query (T = 1) on a cache: tril of a (1, S) "
+                            "matrix hides every key but the first; with T = 1 and mask=None every key is visible."),
+    (dict(mask_mode="add-bool"), "the boolean mask is added to the scores: True becomes +1 and False 0, so masked "
+                                 "keys keep their weight."),
+    (dict(mask_mode="fill-zero"), "masked scores are filled with 0 instead of -inf: exp(0) = 1, so masked keys "
+                                  "still get weight."),
+    (dict(padding=False), "the mask passed in is ignored."),
+    (dict(scale="none"), "the scores are not scaled by 1 / sqrt(head_dim)."),
+    (dict(scale="d"), "the scores are divided by head_dim instead of its square root."),
+    (dict(softmax_dim=-2), "the softmax runs over the queries; each query's weights over the keys must sum to 1."),
+    (dict(expand="repeat"), "the K/V heads are expanded with repeat (kv0, kv1, kv0, kv1, ...), so query head h reads "
+                            "the wrong K/V head; it belongs to group h // group_size (repeat_interleave)."),
+)
+
+
+def _attend(q, k, v, mask, *, causal=True, padding=True, scale="sqrt", softmax_dim=-1, expand="interleave",
+            mask_mode="fill-inf"):
+    """softmax(q k^T / sqrt(D) + mask) v on q (B, H, T, D), k, v (B, KV, S, D), optionally with one mistake."""
+    group = q.shape[1] // k.shape[1]
+    if expand == "interleave":
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    else:
+        k, v = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)
+    divisor = {"sqrt": math.sqrt(q.shape[-1]), "none": 1.0, "d": q.shape[-1]}[scale]
+    scores = q @ k.transpose(-2, -1) / divisor  # (B, H, T, S)
+    seq, kv_len = scores.shape[-2:]
+    if mask is None or not padding:
+        mask = None
+        ones = torch.ones(seq, kv_len, dtype=torch.bool)
+        if causal == "always" or (causal is not False and seq > 1):
+            mask = ones.tril({True: 0, "always": 0, "shift-1": -1, "shift+1": 1}[causal])
+    if mask is not None:
+        if mask_mode == "fill-inf":
+            scores = scores.masked_fill(~mask, float("-inf"))
+        elif mask_mode == "fill-zero":
+            scores = scores.masked_fill(~mask, 0.0)
+        else:
+            scores = scores + mask.to(scores.dtype)
+    return F.softmax(scores.float(), dim=softmax_dim).type_as(q) @ v
+
+
+@checker
+def check_attention_by_hand(attention_by_hand) -> None:
+    """Check a learner's ``attention_by_hand(q (B, H, T, D), k (B, KV, S, D), v, mask=None, dropout=0.0)`` ->
+    (B, H, T, D): the K/V heads repeated for their group, scaled scores, the mask (causal when None and T > 1),
+    the softmax over the keys, dropout on the weights."""
+    gen = torch.Generator().manual_seed(0)
+    key_mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    for heads, n_kv in ((6, 2), (3, 3), (4, 1)):  # GQA, multi-head, multi-query
+        cases = [(6, 6, None, "mask=None, T = S = 6 (causal)"),
+                 (6, 6, build_attention_mask(key_mask, 6), "a padding mask from build_attention_mask"),
+                 (1, 7, None, "one query on 7 cached keys, mask=None"),
+                 (3, 7, build_attention_mask(None, 3, 4), "3 queries at start_pos=4 with the offset mask")]
+        for seq, kv_len, mask, name in cases:
+            what = f"attention_by_hand (heads={heads}, n_kv_heads={n_kv}) on {name}"
+            q = torch.randn(2, heads, seq, 8, generator=gen)
+            k, v = torch.randn(2, n_kv, kv_len, 8, generator=gen), torch.randn(2, n_kv, kv_len, 8, generator=gen)
+            out = call(attention_by_hand, q, k, v, mask, 0.0, what=what)
+            expected = _attend(q, k, v, mask)
+            if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                fail(f"{what}: returned {shape}, expected {tuple(expected.shape)} = (B, heads, T, head_dim).",
+                     BY_HAND_FIX)
+            if close(out, expected, atol=ATOL, rtol=ATOL):
+                continue
+            for knobs, problem in BY_HAND_MISTAKES:
+                if close(out, _attend(q, k, v, mask, **knobs), atol=ATOL, rtol=ATOL, equal_nan=True):
+                    fail(f"{what}: {problem}", BY_HAND_FIX)
+            if not torch.isfinite(out).all():
+                fail(f"{what}: the output contains NaN: some query attends to no key at all.", BY_HAND_FIX)
+            err = (out.float() - expected).abs().max().item()
+            fail(f"{what}: the output differs from softmax(q k^T / sqrt(D) + mask) v (max abs error {err:.3g}).",
+                 BY_HAND_FIX)
+    # dropout must have its documented effect: on the attention weights, only when dropout > 0
+    q = torch.randn(1, 2, 6, 8, generator=gen)
+    k, v = torch.randn(1, 2, 6, 8, generator=gen), torch.randn(1, 2, 6, 8, generator=gen)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        dropped = call(attention_by_hand, q, k, v, None, 0.5, what="attention_by_hand(..., dropout=0.5)")
+    if isinstance(dropped, torch.Tensor) and close(dropped, _attend(q, k, v, None), atol=ATOL, rtol=ATOL):
+        fail("attention_by_hand(..., dropout=0.5): the dropout argument has no effect.",
+             "probs = F.dropout(probs, p=dropout, training=dropout > 0) before probs @ v.")
+    passed("attention_by_hand: K/V heads repeat_interleave'd, scores / sqrt(D), causal and explicit masks, softmax "
+           "over the keys, dropout on the weights.")
