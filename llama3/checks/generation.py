@@ -404,8 +404,8 @@ def check_generate_kv(generate_fn, *, sample_next_token=None) -> None:
     if log.caches is not None:
         _check_caches(log, model, what)
     _check_arguments(generate_fn, params)
-    passed("generate_kv: one cache per layer, prefill once, one token per step at the right start_pos; greedy tokens "
-           "equal the reference; temperature, top_k, top_p and the generator have their effect.")
+    # the same line as before the argument checks, so that the stored outputs of the solution notebooks stay valid
+    passed("generate_kv: prefill once, one token per step at the right start_pos; greedy tokens equal the reference.")
 
 
 def _check_arguments(generate_fn, params) -> None:

@@ -191,7 +191,7 @@ def check_apply_rotary(apply_rotary) -> None:
                      "x.float() before the rotation, keep cos and sin in float32, and .type_as(x) only at the end.")
             fail(f"{what}: {differ:.0%} of the entries differ from the float32 rotation rounded to bfloat16.",
                  "rotate x.float() with float32 cos and sin, then cast back once with .type_as(x).")
-    passed("apply_rotary: adjacent pairs rotated the right way, interleaved back, float32 inside, dtype kept.")
+    passed("apply_rotary: adjacent pairs rotated the right way, interleaved back, dtype kept.")
 
 
 @checker
