@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llama3 import KV_Cache, Llama3, ModelArgs  # noqa: E402
+from llama3 import Llama3, ModelArgs  # noqa: E402
+from llama3.fast import FastDecoder  # noqa: E402
 
 SEED_CONFIG = dict(vocab_size=50258, d_model=256, heads=4, group_size=2, num_layers=32, max_seq_len=256,
                    pad_token_id=50257)
@@ -93,34 +94,24 @@ def bench_decode(model, hf, batch, new_tokens, repeats, device, compile_too=True
     return {name: batch * new_tokens / t for name, t in times.items()}, same
 
 
-def per_token_time(model, context: int, steps: int, repeats: int, device) -> float:
-    """Seconds per decode step at a given context length (prefill excluded)."""
-    from llama3 import fast
-
-    args = model.args
-    weights = fast.fast_weights(model)
-    prompt = torch.randint(0, args.vocab_size - 2, (1, context), device=device)
-    dtype = model.output.weight.dtype
+def per_token_time(model, context: int, steps: int, repeats: int, device, compile: bool = False) -> float:
+    """Seconds per decode step of ``FastDecoder`` at a given context length (prefill excluded). ``compile=True``
+    times its torch.compile'd static-shape step, which ``generate_kv(compile=True)`` uses on CUDA only."""
+    prompt = torch.randint(0, model.args.vocab_size - 2, (1, context), device=device)
 
     def run():
-        caches = [KV_Cache(1, args.n_kv_heads, context + steps, args.head_dim, dtype, device)
-                  for _ in range(args.num_layers)]
+        decoder = FastDecoder(model, 1, context + steps, compile=compile)
         with torch.inference_mode():
-            model(prompt, kv_caches=caches, logits_to_keep=1)
-            buffers = [(c.k_cache, c.v_cache) for c in caches]
-            visible = torch.zeros(1, 1, 1, context + steps, dtype=torch.bool, device=device)
-            visible[..., :context] = True
-            token = prompt[:, -1:]
+            token = decoder.prefill(prompt).argmax(-1)
             sync(device)
             start = time.perf_counter()
-            for i in range(steps):
-                visible[..., context + i] = True
-                logits = fast.decode_step(weights, buffers, token, torch.tensor([context + i], device=device),
-                                          torch.tensor([[context + i]], device=device), visible)
-                token = logits.argmax(-1, keepdim=True)
+            for _ in range(steps):
+                token = decoder.step(token).argmax(-1)
             sync(device)
             return (time.perf_counter() - start) / steps
 
+    if compile:
+        run()  # pay the compilation
     return min(run() for _ in range(repeats))
 
 
@@ -188,7 +179,9 @@ def hardware(device) -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+            + (f", ATEN_CPU_CAPABILITY={capability}" if capability else ""))
 
 
 def main(argv=None):
@@ -197,8 +190,11 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats (a smoke test)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generate call (default 200)")
     parser.add_argument("--no-compile", action="store_true", help="skip generate_kv(compile=True)")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--decode-only", action="store_true", help="only the generation rows (e.g. to compare "
+                        "ATEN_CPU_CAPABILITY=default|avx2|avx512 runs)")
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     opts = parser.parse_args(argv)
@@ -208,7 +204,7 @@ def main(argv=None):
     device = torch.device(opts.device)
     dtype = getattr(torch, opts.dtype)
     repeats = opts.repeats or (1 if opts.quick else 3)
-    new_tokens = 20 if opts.quick else 200
+    new_tokens = opts.new_tokens or (20 if opts.quick else 200)
     compile_too = not opts.no_compile
     results = {"date": datetime.date.today().isoformat(), "hardware": hardware(device), "device": device.type,
                "dtype": opts.dtype, "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -260,6 +256,14 @@ def main(argv=None):
             entry["per_token_ms"] = {"context16": short * 1e3, "context240": long * 1e3}
             rows.append(("seed config: decode time per token, context 240 vs context 16", long * 1e3, short * 1e3,
                          "context 16 (ms)", "≤ 1.3×"))
+            if compile_too and device.type == "cpu":
+                compiled = per_token_time(model, 16, steps, repeats, device, compile=True)
+                entry["per_token_ms"]["context16_compiled_step"] = compiled * 1e3
+                rows.append(("seed config: decode ms per token, FastDecoder's torch.compile'd static step vs its eager "
+                             "step (> 1: compiled slower; why compile=True runs the eager step on the CPU)",
+                             compiled * 1e3, short * 1e3, "eager step (ms)", ""))
+            if opts.decode_only:
+                continue
             n = 20 if opts.quick else 200
             prompt = torch.randint(0, 50000, (1, 16), device=device)
             times = best_of({"generate": lambda: model.generate(prompt, max_new_tokens=n, temperature=0),
@@ -281,7 +285,7 @@ def main(argv=None):
             rows.append((f"seed config: KV cache bytes at {args.max_seq_len} tokens, GQA (group 2) vs multi-head",
                          mha_bytes, gqa_bytes, "GQA (ratio = memory saved)", ""))
 
-    lengths = (128, 256) if opts.quick else (128, 256, 512, 1024)
+    lengths = () if opts.decode_only else (128, 256) if opts.quick else (128, 256, 512, 1024)
     for length, speedup, err in bench_attention(device, dtype, lengths, repeats):
         rows.append((f"attention forward, batch 8 × {length}: flash (SDPA) vs manual, max diff {err:.1e}",
                      speedup, 1.0, "manual = 1", ""))
@@ -292,7 +296,8 @@ def main(argv=None):
     print("\n" + table)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{device.type}-{opts.dtype}" + ("-quick" if opts.quick else "")
+    stem = (f"{device.type}-{opts.dtype}" + ("-quick" if opts.quick else "") + ("-decode" if opts.decode_only else "")
+            + (f"-{os.environ['ATEN_CPU_CAPABILITY']}" if os.environ.get("ATEN_CPU_CAPABILITY") else ""))
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(rows, out / f"{stem}.png", results)

@@ -31,6 +31,45 @@ def build_attention_mask(attention_mask: torch.Tensor | None, q_len: int, start_
     return mask
 
 
+def check_attention_mask(attention_mask, shape: tuple[int, int]) -> None:
+    """Refuse an attention_mask that is not exactly ``shape`` = (batch, seq) of 0/1 with a real token in every row:
+    a mask of another shape is never reshaped, and a row of padding alone has nothing to attend to."""
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a tensor of 0/1 of shape {shape}, got "
+                        f"{type(attention_mask).__name__}.")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask must have shape (batch, seq) = {tuple(shape)}, got "
+                         f"{tuple(attention_mask.shape)}: pass one 0/1 entry per token.")
+    if attention_mask.is_complex() or bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token), got "
+                         f"{sorted(set(attention_mask.unique().tolist()))[:6]}.")
+    empty = (attention_mask == 0).all(-1)
+    if bool(empty.any()):
+        raise ValueError(f"attention_mask row {int(empty.nonzero()[0])} has no real token (all 0): every row needs "
+                         f"at least one 1; drop empty rows from the batch.")
+
+
+def grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                 dropout: float = 0.0) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` for grouped-query heads: q (B, H, T, D), k and v (B, KV, S, D) with
+    H a multiple of KV -> (B, H, T, D). mask: a boolean (B or 1, 1, T, S) from ``build_attention_mask``, or None
+    for plain causal attention (or, for one query row, attention to every key).
+
+    No mask is passed when none is needed, so that the fused kernels apply (CUDA's flash kernel takes none):
+    a prompt without padding runs with ``is_causal=True`` and a decode step without padding with no mask.
+    """
+    batch, heads, seq, head_dim = q.shape
+    kv_heads = k.shape[1]
+    if seq == 1 and heads != kv_heads:
+        # One query row (decoding): fold each group's query heads into rows of its K/V head. That is plain
+        # attention with no K/V copy, and it avoids the CPU kernel's slow enable_gqa path (~100x slower here).
+        q = q.view(batch, kv_heads, heads // kv_heads, head_dim)  # (B, KV, G, D)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return out.view(batch, heads, 1, head_dim)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
+                                          dropout_p=dropout, enable_gqa=heads != kv_heads)
+
+
 class MultiHeadGQAttention(nn.Module):
     """Causal self-attention in which ``group_size`` query heads share one key/value head.
 
@@ -73,15 +112,8 @@ class MultiHeadGQAttention(nn.Module):
             # A prefill on top of a cache: is_causal would align the triangle top-left, which is wrong here.
             mask = build_attention_mask(None, seq, k.shape[2] - seq).to(x.device)
         dropout = self.dropout if self.training else 0.0
-        if self.use_flash and seq == 1 and self.group_size > 1:
-            # One query row (decoding): fold each group's query heads into rows of its K/V head. That is plain
-            # attention with no K/V copy, and it avoids the CPU kernel's slow enable_gqa path (~100x slower here).
-            q = q.view(batch, self.n_kv_heads, self.group_size, self.head_dim)  # (B, KV, G, D)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-            out = out.view(batch, self.heads, 1, self.head_dim)
-        elif self.use_flash:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and seq > 1,
-                                                 dropout_p=dropout, enable_gqa=self.group_size > 1)
+        if self.use_flash:
+            out = grouped_sdpa(q, k, v, mask, dropout)
         else:
             out = self.attention_by_hand(q, k, v, mask, dropout)
         out = out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim)  # (B, T, H*D)
@@ -95,7 +127,7 @@ class MultiHeadGQAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
         seq, kv_len = scores.shape[-2:]
         if mask is None and seq > 1:
-            mask = torch.ones(seq, kv_len, dtype=torch.bool, device=q.device).tril()
+            mask = build_attention_mask(None, seq, kv_len - seq).to(q.device)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = F.softmax(scores.float(), dim=-1).type_as(q)

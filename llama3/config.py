@@ -1,7 +1,9 @@
 """ModelArgs: every hyper-parameter of a Llama 3 model in one dataclass.
 
-The field names are the course's own (``d_model``, ``heads``, ``group_size``...). ``from_hf_config`` and
-``to_hf_config`` translate to and from a Hugging Face ``LlamaConfig`` (transformers 4 and 5 layouts).
+The field names are the course's own (``d_model``, ``heads``, ``group_size``...); ``llama3.convert`` translates
+them to and from a Hugging Face ``LlamaConfig`` and Meta's params.json. Every field is checked at construction:
+a wrong type raises TypeError (a bool is not an int, an int field refuses floats, a float field takes ints), an
+impossible value ValueError, each naming the field.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llama3.files import atomic_write_text, read_json
 
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
@@ -41,6 +46,7 @@ class ModelArgs:
 
     def __post_init__(self):
         if self.tokenizer is not None:
+            _check_int("vocab_size", self.vocab_size, minimum=1)
             if len(self.tokenizer) != self.vocab_size:
                 raise ValueError(
                     f"vocab_size={self.vocab_size} does not match the tokenizer, which has {len(self.tokenizer)} "
@@ -48,13 +54,27 @@ class ModelArgs:
                 )
             if self.pad_token_id is None:
                 self.pad_token_id = self.tokenizer.pad_token_id
-        for name in ("vocab_size", "d_model", "heads", "group_size", "num_layers", "max_seq_len", "max_batch_size",
-                     "multiple_of"):
+        for name in INT_FIELDS:
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in BOOL_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"ModelArgs.{name} must be an int, got {type(value).__name__} ({value!r}).")
-            if value < 1:
-                raise ValueError(f"ModelArgs.{name} must be at least 1, got {value}.")
+            if not isinstance(value, bool):  # json's "false" is truthy: never guess
+                raise TypeError(f"ModelArgs.{name} must be a bool (true or false in config.json), "
+                                f"got {type(value).__name__} {value!r}.")
+        self.norm_eps = _check_float("norm_eps", self.norm_eps, positive=True)
+        self.rope_theta = _check_float("rope_theta", self.rope_theta, positive=True)
+        self.dropout = _check_float("dropout", self.dropout)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelArgs.dropout must be in [0, 1), got {self.dropout}.")
+        if self.ffn_dim_multiplier is not None:
+            self.ffn_dim_multiplier = _check_float("ffn_dim_multiplier", self.ffn_dim_multiplier, positive=True)
+        if self.ffn_hidden_dim is not None:
+            _check_int("ffn_hidden_dim", self.ffn_hidden_dim, minimum=1)
+        if self.pad_token_id is not None:
+            _check_int("pad_token_id", self.pad_token_id, minimum=0)
+            if self.pad_token_id >= self.vocab_size:
+                raise ValueError(f"ModelArgs.pad_token_id={self.pad_token_id} is outside the vocabulary "
+                                 f"(vocab_size={self.vocab_size}): pass an id below vocab_size, or None.")
         if self.head_dim is None:
             if self.d_model % self.heads:
                 raise ValueError(
@@ -62,29 +82,16 @@ class ModelArgs:
                     f"d_model // heads dimensions, so choose heads that divide d_model."
                 )
             self.head_dim = self.d_model // self.heads
+        _check_int("head_dim", self.head_dim, minimum=2)
         if self.head_dim % 2:
             raise ValueError(
-                f"ModelArgs head_dim={self.head_dim} (d_model // heads) is odd: RoPE rotates pairs of dimensions, "
-                f"so choose d_model and heads with an even quotient."
+                f"ModelArgs.head_dim={self.head_dim} (d_model // heads unless given) is odd: RoPE rotates pairs of "
+                f"dimensions, so choose d_model and heads with an even quotient, or an even head_dim."
             )
         if self.heads % self.group_size:
             raise ValueError(
                 f"ModelArgs.heads={self.heads} is not divisible by group_size={self.group_size}: group_size is "
                 f"the number of query heads sharing one K/V head, so it must divide heads."
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelArgs.dropout must be in [0, 1), got {self.dropout}.")
-        if self.norm_eps <= 0:
-            raise ValueError(f"ModelArgs.norm_eps must be positive, got {self.norm_eps}.")
-        if self.rope_theta <= 0:
-            raise ValueError(f"ModelArgs.rope_theta must be positive, got {self.rope_theta}.")
-        if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
-            raise ValueError(f"ModelArgs.ffn_dim_multiplier must be positive or None, got {self.ffn_dim_multiplier}.")
-        if self.ffn_hidden_dim is not None and self.ffn_hidden_dim < 1:
-            raise ValueError(f"ModelArgs.ffn_hidden_dim must be at least 1 or None, got {self.ffn_hidden_dim}.")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"ModelArgs.pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})."
             )
         if self.rope_scaling is not None:
             self.rope_scaling = validate_rope_scaling(self.rope_scaling)
@@ -107,6 +114,8 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, data: dict, **overrides) -> ModelArgs:
+        if not isinstance(data, dict):
+            raise TypeError(f"ModelArgs.from_dict needs a dict of fields, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)} - {"_"}
         unknown = set(data) - known
         if unknown:
@@ -116,27 +125,40 @@ class ModelArgs:
         return cls(**{**data, **overrides})
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> ModelArgs:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"No config file at {path}: a folder written by save_pretrained holds config.json.")
-        return cls.from_dict(json.loads(path.read_text()), **overrides)
+        """ModelArgs from a config.json written by ``save``; every error names the file."""
+        data = read_json(path, "the ModelArgs of a save_pretrained folder")
+        try:
+            return cls.from_dict(data, **overrides)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{path}: {error}") from None
 
-    @classmethod
-    def from_hf_config(cls, config: Any, **overrides) -> ModelArgs:
-        """Args from a Hugging Face Llama config: a ``LlamaConfig``, a dict, or a path to ``config.json``."""
-        from llama3.convert import args_from_hf_config
 
-        return args_from_hf_config(config, **overrides)
+INT_FIELDS = ("vocab_size", "d_model", "heads", "group_size", "num_layers", "max_seq_len", "max_batch_size",
+              "multiple_of")  # required positive ints (head_dim, ffn_hidden_dim, pad_token_id: optional ints)
+BOOL_FIELDS = ("use_flash", "tie_embeddings")
 
-    def to_hf_config(self):
-        """The equivalent ``transformers.LlamaConfig``."""
-        from llama3.convert import hf_config_from_args
 
-        return hf_config_from_args(self)
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ModelArgs.{name} must be an int, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"ModelArgs.{name} must be at least {minimum}, got {value}.")
+
+
+def _check_float(name: str, value, positive: bool = False) -> float:
+    """A real number (ints welcome, bools and strings not), finite, and > 0 when ``positive``; returned as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"ModelArgs.{name} must be a number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"ModelArgs.{name} must be finite, got {value}.")
+    if positive and value <= 0:
+        raise ValueError(f"ModelArgs.{name} must be positive, got {value}.")
+    return value
 
 
 def ffn_hidden_size(d_model: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
@@ -163,8 +185,13 @@ def validate_rope_scaling(rope_scaling: dict) -> dict:
     missing = [k for k in ROPE_SCALING_KEYS if k not in rope_scaling]
     if missing:
         raise ValueError(f"rope_scaling is missing {missing}; Llama 3.1 scaling needs {list(ROPE_SCALING_KEYS)}.")
-    out = {"rope_type": "llama3", **{k: float(rope_scaling[k]) for k in ROPE_SCALING_KEYS}}
-    out["original_max_position_embeddings"] = int(out["original_max_position_embeddings"])
+    out = {"rope_type": "llama3"}
+    for key in ROPE_SCALING_KEYS:
+        if key == "original_max_position_embeddings":
+            _check_int(f"rope_scaling[{key!r}]", rope_scaling[key], minimum=1)
+            out[key] = int(rope_scaling[key])
+        else:
+            out[key] = _check_float(f"rope_scaling[{key!r}]", rope_scaling[key], positive=True)
     if out["factor"] < 1 or out["high_freq_factor"] <= out["low_freq_factor"]:
         raise ValueError(
             f"rope_scaling needs factor >= 1 and high_freq_factor > low_freq_factor, got {rope_scaling}."

@@ -2,6 +2,9 @@
 
 The package pairs RoPE dimensions (2i, 2i+1) as Meta does; Hugging Face pairs (i, i + head_dim/2) and stores
 its q/k projection rows permuted to match. ``permute_for_hf`` / ``unpermute_from_hf`` move between the two.
+
+Everything here works on configs, state dicts and files, never on the model class: ``Llama3.from_hf``,
+``from_meta``, ``save_hf`` and ``to_hf`` (in model.py, above this module) call these functions and build the model.
 """
 
 from __future__ import annotations
@@ -9,11 +12,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from llama3.config import ModelArgs, validate_rope_scaling
+from llama3.files import (
+    CONFIG_NAME,
+    SAFETENSORS_INDEX_NAME,
+    SAFETENSORS_NAME,
+    atomic_write_text,
+    atomic_write_with,
+    read_json,
+)
 
 # our name -> Hugging Face name; "{i}" is the layer index
 HF_NAMES = {
@@ -48,21 +63,27 @@ def unpermute_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def _hf_config_dict(config) -> dict:
+HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _hf_config_dict(config) -> tuple[dict, str]:
+    """The config as a dict, and how to name it in an error."""
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"No config.json at {path}: a Hugging Face model folder holds config.json.")
-        return json.loads(path.read_text())
+        path = path / CONFIG_NAME if path.is_dir() else path
+        return read_json(path, "a Hugging Face LlamaConfig"), str(path)
     if isinstance(config, dict):
-        return dict(config)
-    return config.to_dict()
+        return dict(config), "the config"
+    return config.to_dict(), "the config"
 
 
 def args_from_hf_config(config, **overrides) -> ModelArgs:
     """ModelArgs from a Hugging Face LlamaConfig (object, dict or config.json path), transformers 4 or 5 layout."""
-    cfg = _hf_config_dict(config)
+    cfg, source = _hf_config_dict(config)
+    missing = [key for key in HF_REQUIRED if key not in cfg]
+    if missing:
+        raise ValueError(f"{source} has no {', '.join(missing)}: a Llama config.json needs {', '.join(HF_REQUIRED)} "
+                         f"(re-download it, or re-save the model with transformers' save_pretrained).")
     model_type = cfg.get("model_type")
     if model_type != "llama":
         raise ValueError(
@@ -103,7 +124,7 @@ def args_from_hf_config(config, **overrides) -> ModelArgs:
 
 def hf_config_from_args(args: ModelArgs):
     """The transformers.LlamaConfig equivalent to ``args``."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # optional heavy dependency: only this conversion needs it
 
     rope_scaling = None
     if args.rope_scaling is not None:
@@ -182,36 +203,16 @@ def ours_from_hf_state_dict(state: dict[str, torch.Tensor], args: ModelArgs) -> 
     return out
 
 
-def from_hf(folder_or_model, dtype: torch.dtype | None = None, **overrides):
-    """Llama3 from a transformers LlamaForCausalLM (in memory) or a Hugging Face folder (config.json and
-    model.safetensors or a sharded model.safetensors.index.json). ``dtype`` casts the weights while loading
-    (None keeps the checkpoint's: bfloat16 for Meta's releases); ``overrides`` replace ModelArgs fields
-    (``max_seq_len=4096`` for example)."""
-    from llama3.model import Llama3
+def hf_model_from_state_dict(state: dict[str, torch.Tensor], args: ModelArgs, dtype: torch.dtype):
+    """A transformers LlamaForCausalLM holding copies of ``state`` (this package's names), in ``dtype``."""
+    from transformers import LlamaForCausalLM  # optional heavy dependency: only this conversion needs it
 
-    if isinstance(folder_or_model, (str, os.PathLike)):
-        return _from_hf_folder(Path(folder_or_model), dtype=dtype, **overrides)
-    hf_model = folder_or_model
-    args = args_from_hf_config(hf_model.config, **overrides)
-    state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
-    if args.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    model = Llama3.from_state_dict(ours_from_hf_state_dict(state, args), args)
-    return model if dtype is None else model.to(dtype)
-
-
-def to_hf(model):
-    """A transformers LlamaForCausalLM with copies of ``model``'s weights, in the same dtype."""
-    from transformers import LlamaForCausalLM
-
-    config = hf_config_from_args(model.args)
-    dtype = model.tok_embeddings.weight.dtype
+    config = hf_config_from_args(args)
     with torch.device("meta"):
         hf_model = LlamaForCausalLM(config)
-    state = hf_state_dict_from_ours({k: v.detach().clone() for k, v in model.state_dict_for_saving().items()},
-                                    model.args)
+    state = hf_state_dict_from_ours({k: v.detach().clone() for k, v in state.items()}, args)
     hf_model.load_state_dict(state, strict=False, assign=True)
-    if model.args.tie_embeddings:
+    if args.tie_embeddings:
         hf_model.tie_weights()
     # Non-persistent buffers (the rotary inv_freq) were created on "meta": rebuild them for real.
     rotary = hf_model.model.rotary_emb
@@ -224,8 +225,6 @@ def to_hf(model):
 
 
 # ------------------------------------------------------------------------------------ Hugging Face folders
-SAFE_WEIGHTS_NAME = "model.safetensors"
-SAFE_INDEX_NAME = "model.safetensors.index.json"
 _SHARD_PATTERN = re.compile(r"model-\d+-of-\d+\.safetensors")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
@@ -247,12 +246,11 @@ def _require_folder(folder: Path, what: str, fix: str) -> None:
 def hf_weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a Hugging Face folder: the shards named by model.safetensors.index.json, or
     model.safetensors."""
-    index = folder / SAFE_INDEX_NAME
+    index = folder / SAFETENSORS_INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{index} is not a safetensors index (it needs a 'weight_map'): {error}") from error
+        weight_map = read_json(index, "a safetensors index with a 'weight_map'").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} is not a safetensors index (it needs a 'weight_map' object): download it again.")
         files = [folder / name for name in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -261,8 +259,8 @@ def hf_weight_files(folder: Path) -> list[Path]:
                 f"again (an interrupted download leaves shards out)."
             )
         return files
-    if (folder / SAFE_WEIGHTS_NAME).is_file():
-        return [folder / SAFE_WEIGHTS_NAME]
+    if (folder / SAFETENSORS_NAME).is_file():
+        return [folder / SAFETENSORS_NAME]
     present = sorted(p.name for p in folder.iterdir())
     if any(name.endswith((".bin", ".pth")) for name in present):
         fix = ("it holds PyTorch .bin/.pth weights: re-save them as safetensors with transformers' "
@@ -270,121 +268,92 @@ def hf_weight_files(folder: Path) -> list[Path]:
                "consolidated.00.pth")
     else:
         fix = "download the model's *.safetensors files too"
-    raise FileNotFoundError(f"{folder} has no {SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} ({fix}). It holds: {present}.")
+    raise FileNotFoundError(
+        f"{folder} has no {SAFETENSORS_NAME} or {SAFETENSORS_INDEX_NAME} ({fix}). It holds: {present}."
+    )
 
 
-def _finish_loading(model, args: ModelArgs):
-    """Re-tie the head, rebuild the RoPE buffers (they were created on "meta") and check nothing is left on
-    "meta"."""
-    from llama3.rope import RoPE
-
-    if args.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    model.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)
-    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if leftover:
-        raise RuntimeError(f"Loading left tensors without values: {leftover}")
-    return model.eval()
-
-
-def _empty_model(args: ModelArgs, shapes: dict[str, tuple], source: str):
-    """The model on the "meta" device (no memory, no random init), after checking the checkpoint's key names and
-    shapes against it, so that a mismatch is reported before any weight is read."""
-    from llama3.model import Llama3
-
-    with torch.device("meta"):
-        model = Llama3(args)
-        try:
-            check_state_dict(model, {name: torch.empty(shape) for name, shape in shapes.items()})
-        except ValueError as error:
-            raise ValueError(f"The weights in {source} do not match its config. {error}") from None
-    return model
-
-
-def _from_hf_folder(folder: Path, dtype: torch.dtype | None = None, **overrides):
-    """Load shard by shard: safetensors memory-maps each file and the tensors are assigned straight into a model
-    built on the "meta" device, so the weights exist once (only the permuted q/k rows and any dtype cast are
-    copies)."""
-    from safetensors import safe_open
-
+def hf_folder_args(folder: Path, **overrides) -> ModelArgs:
+    """ModelArgs from a Hugging Face folder's config.json, after checking the folder is one."""
+    folder = Path(folder)
     _require_folder(folder, "Hugging Face model", "config.json and model*.safetensors, as save_pretrained writes")
-    if not (folder / "config.json").is_file():
+    if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(
-            f"{folder} has no config.json: a Hugging Face model folder holds config.json next to its "
+            f"{folder} has no {CONFIG_NAME}: a Hugging Face model folder holds {CONFIG_NAME} next to its "
             f"*.safetensors (Meta's format has params.json instead: use Llama3.from_meta)."
         )
-    args = args_from_hf_config(folder / "config.json", **overrides)
-    files = hf_weight_files(folder)
+    return args_from_hf_config(folder / CONFIG_NAME, **overrides)
 
-    shapes, source = {}, {}  # our name -> shape, and -> (file, Hugging Face name); from the headers only
-    for file in files:
+
+def hf_folder_index(folder: Path, args: ModelArgs) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """Our name -> (file, Hugging Face name, shape) for every tensor of a Hugging Face folder, read from the
+    safetensors headers only (no weight is loaded), the tied head and stale buffers left out."""
+    index = {}
+    for file in hf_weight_files(Path(folder)):
         with safe_open(file, framework="pt") as f:
             for hf_name in f.keys():
                 name = our_name_from_hf(hf_name)
                 if name is None or (args.tie_embeddings and name == "output.weight"):
                     continue
-                if name in source:
-                    raise ValueError(f"{hf_name!r} is stored twice, in {source[name][0].name} and {file.name}.")
-                shapes[name] = tuple(f.get_slice(hf_name).get_shape())
-                source[name] = (file, hf_name)
-    model = _empty_model(args, shapes, f"{folder} (config.json)")
+                if name in index:
+                    raise ValueError(f"{hf_name!r} is stored twice, in {index[name][0].name} and {file.name}.")
+                index[name] = (file, hf_name, tuple(f.get_slice(hf_name).get_shape()))
+    return index
 
-    for file in files:
+
+def iter_hf_shards(index: dict[str, tuple[Path, str, tuple[int, ...]]], args: ModelArgs,
+                   dtype: torch.dtype | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """One state dict (our names, q/k rows in our pairing, cast to ``dtype`` unless None) per safetensors file:
+    safetensors memory-maps the file, so only the permuted q/k rows and any cast are copies."""
+    for file in sorted({file for file, _, _ in index.values()}):
         with safe_open(file, framework="pt") as f:
             shard = {}
-            for name, (origin, hf_name) in source.items():
+            for name, (origin, hf_name, _) in index.items():
                 if origin == file:
                     tensor = _unpermute_if_qk(name, f.get_tensor(hf_name), args)
                     shard[name] = tensor if dtype is None else tensor.to(dtype)
-        model.load_state_dict(shard, strict=False, assign=True)
-        del shard
-    return _finish_loading(model, args)
+        yield shard
 
 
-def save_hf(model, folder, max_shard_size: int | str = "5GB", tokenizer=None) -> Path:
-    """Write ``model`` as a Hugging Face folder that ``transformers.AutoModelForCausalLM.from_pretrained`` loads:
-    config.json and model.safetensors, or model-0000k-of-0000n.safetensors shards plus
-    model.safetensors.index.json when the weights exceed ``max_shard_size`` (bytes, or a string such as "2GB").
+def save_hf_folder(state: dict[str, torch.Tensor], args: ModelArgs, folder, dtype: torch.dtype,
+                   max_shard_size: int | str = "5GB", tokenizer=None) -> Path:
+    """Write ``state`` (this package's names, the tied head left out) as a Hugging Face folder that
+    ``transformers.AutoModelForCausalLM.from_pretrained`` loads: config.json and model.safetensors, or
+    model-0000k-of-0000n.safetensors shards plus model.safetensors.index.json when the weights exceed
+    ``max_shard_size`` (bytes, or a string such as "2GB"). ``dtype`` is the one config.json announces.
 
     The q/k rows are permuted to Hugging Face's pairing; a tied head is not written (transformers re-ties it from
     ``tie_word_embeddings``). Files are written under a temporary name and renamed, config.json last, and
     weight files of an earlier save in the same folder that the new one does not use are removed, so the
     folder never mixes two saves.
     """
-    from huggingface_hub import split_torch_state_dict_into_shards
+    from huggingface_hub import split_torch_state_dict_into_shards  # optional: only save_hf needs it
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"save_hf needs a folder, but {folder} is a file: pass a folder path.")
     folder.mkdir(parents=True, exist_ok=True)
-    state = hf_state_dict_from_ours(model.state_dict_for_saving(), model.args)
+    state = hf_state_dict_from_ours(state, args)
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
     for filename, names in split.filename_to_tensors.items():
         atomic_save({name: state[name] for name in names}, folder / filename)
     written = set(split.filename_to_tensors)
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        _atomic_write_text(folder / SAFE_INDEX_NAME, json.dumps(index, indent=2) + "\n")
-        written.add(SAFE_INDEX_NAME)
+        atomic_write_text(folder / SAFETENSORS_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+        written.add(SAFETENSORS_INDEX_NAME)
     for stale in folder.iterdir():
-        if stale.name not in written and (stale.name in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME)
+        if stale.name not in written and (stale.name in (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME)
                                           or _SHARD_PATTERN.fullmatch(stale.name)):
             stale.unlink()
 
-    config = hf_config_from_args(model.args).to_dict()
+    config = hf_config_from_args(args).to_dict()
     config["architectures"] = ["LlamaForCausalLM"]
-    dtype = str(model.tok_embeddings.weight.dtype).removeprefix("torch.")
-    config["torch_dtype" if "torch_dtype" in config else "dtype"] = dtype
-    _atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(dtype).removeprefix("torch.")
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------- Meta format
@@ -439,28 +408,25 @@ def args_from_meta_params(params: dict, max_seq_len: int | None = None, rope_sca
     return ModelArgs(**values)
 
 
-def from_meta(folder, max_seq_len: int | None = None, rope_scaling: dict | None = None,
-              dtype: torch.dtype | None = None, **overrides):
-    """Llama3 from Meta's format: a folder with params.json and consolidated.00.pth (Meta's key names are this
-    package's, and Meta pairs RoPE dimensions as this package does, so no permutation is needed).
+def read_meta_folder(folder, max_seq_len: int | None = None, rope_scaling: dict | None = None,
+                     **overrides) -> tuple[ModelArgs, dict[str, torch.Tensor], Path]:
+    """(args, state dict, weights file) of Meta's format: a folder with params.json and consolidated.00.pth (Meta's
+    key names are this package's, and Meta pairs RoPE dimensions as this package does: no permutation).
 
-    The .pth file is memory-mapped (torch.load(mmap=True)) and its tensors assigned into a model built on the
-    "meta" device. A checkpoint without ``output.weight``, or whose ``output.weight`` equals the embedding, gets
-    tied embeddings (Llama 3.2 1B/3B). ``rope_scaling={"factor": 32.0}`` is needed for Llama 3.2 (see
-    META_ROPE_SCALING). Model-parallel checkpoints (several consolidated.*.pth) are refused.
+    The .pth file is memory-mapped (torch.load(mmap=True)). A checkpoint without ``output.weight``, or whose
+    ``output.weight`` equals the embedding, gets tied embeddings (Llama 3.2 1B/3B), and the head is left out of the
+    state. ``rope_scaling={"factor": 32.0}`` is needed for Llama 3.2 (see META_ROPE_SCALING). Model-parallel
+    checkpoints (several consolidated.*.pth) are refused.
     """
     folder = Path(folder)
     _require_folder(folder, "Meta checkpoint", "params.json and consolidated.00.pth, as Meta's download gives")
     params_file = folder / "params.json"
     if not params_file.is_file():
-        hint = " It holds config.json: use Llama3.from_hf for Hugging Face folders." if (
-            folder / "config.json").is_file() else ""
+        hint = f" It holds {CONFIG_NAME}: use Llama3.from_hf for Hugging Face folders." if (
+            folder / CONFIG_NAME).is_file() else ""
         raise FileNotFoundError(f"{folder} has no params.json: Meta's checkpoint folder holds params.json and "
                                 f"consolidated.00.pth.{hint}")
-    try:
-        params = json.loads(params_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{params_file} is not valid JSON ({error}).") from error
+    params = read_json(params_file, "Meta's Llama params (dim, n_layers, n_heads, ...)")
     shards = sorted(folder.glob("consolidated.*.pth"))
     if not shards:
         raise FileNotFoundError(f"{folder} has no consolidated.00.pth: download the weights next to params.json.")
@@ -480,11 +446,7 @@ def from_meta(folder, max_seq_len: int | None = None, rope_scaling: dict | None 
     if tie:
         state.pop("output.weight", None)
     args = args_from_meta_params(params, max_seq_len, rope_scaling, tie_embeddings=tie, **overrides)
-    model = _empty_model(args, {name: tuple(t.shape) for name, t in state.items()}, f"{shards[0]} (params.json)")
-    if dtype is not None:
-        state = {name: t.to(dtype) for name, t in state.items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    return _finish_loading(model, args)
+    return args, state, shards[0]
 
 
 # ---------------------------------------------------------------------------------------- files, checks
@@ -501,21 +463,22 @@ def clean_state_dict(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_state_dict(model, state: dict[str, torch.Tensor]) -> None:
-    """Raise ValueError naming every missing, unexpected and wrongly shaped key."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if model.args.tie_embeddings:
+def check_state_dict(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], args: ModelArgs) -> None:
+    """Raise ValueError naming every missing, unexpected and wrongly shaped key: ``found`` holds a checkpoint's
+    names and shapes, ``expected`` those of the model built from ``args`` (both name -> shape)."""
+    expected, found = dict(expected), dict(found)
+    if args.tie_embeddings:  # the head is the embedding: never stored separately
         expected.pop("output.weight", None)
-        state = {k: v for k, v in state.items() if k != "output.weight"}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(expected[k])}"
-                         for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+        found.pop("output.weight", None)
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = sorted(f"{k}: checkpoint {tuple(found[k])}, model {tuple(expected[k])}"
+                         for k in set(expected) & set(found) if tuple(found[k]) != tuple(expected[k]))
     if missing or unexpected or wrong_shape:
         def show(items):
             return ", ".join(items[:8]) + (f" ... ({len(items)} in all)" if len(items) > 8 else "") or "none"
 
-        a = model.args
+        a = args
         raise ValueError(
             "The checkpoint does not fit the model's ModelArgs "
             f"(d_model={a.d_model}, heads={a.heads}, group_size={a.group_size}, num_layers={a.num_layers}, "
@@ -528,34 +491,37 @@ def check_state_dict(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A .safetensors file (memory-mapped) or a .pth / .pt / .bin state dict (torch.load, weights only)."""
+    """A .safetensors file (memory-mapped) or a .pth / .pt / .bin state dict (torch.load, weights only: a pickle
+    that would run code is refused). A file in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped and
+    is read whole."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
+    if path.suffix == ".safetensors":
+        try:
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises RuntimeError/EOFError/pickle errors, safetensors its SafetensorError
+        except Exception as error:  # safetensors raises its own SafetensorError
+            raise ValueError(f"Could not read the checkpoint {path}: it is corrupt or not a safetensors file "
+                             f"({error}); save it again.") from error
+    legacy = not zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+    except Exception as error:  # torch raises RuntimeError/EOFError/UnpicklingError
+        if legacy:
+            raise ValueError(
+                f"Could not read the checkpoint {path}: it is in torch's legacy (non-zip) format and not a plain "
+                f"state dict of tensors, or it is damaged ({error}). If you trust the file, re-save it in the "
+                f"current format: torch.save(torch.load(path, weights_only=False), new_path)."
+            ) from error
         raise ValueError(
-            f"Could not read the checkpoint {path}: it is corrupt or not a state dict ({error})."
+            f"Could not read the checkpoint {path}: it is corrupt or not a state dict ({error}); save it again."
         ) from error
 
 
 def atomic_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write to ``path.tmp`` then rename: a crash or a full disk never leaves a half-written file at ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(state, tmp, metadata={"format": "pt"})
-        else:
-            torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a state dict as safetensors (``.safetensors``) or a torch pickle (any other suffix), atomically
+    (``llama3.files.atomic_write_with``: a crash or a full disk never leaves half a file; errors are OSError)."""
+    if Path(path).suffix == ".safetensors":
+        atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    else:
+        atomic_write_with(path, lambda tmp: torch.save(state, tmp))

@@ -1,9 +1,14 @@
 """TinyStories for training: find the text, tokenise it once into a cached uint16 file, draw random windows.
 
-Where the text comes from, in this order:
-1. ``path`` given by the caller: a text file, or a folder holding ``*train*.txt`` and ``*valid*.txt`` files;
+Where the text comes from, in this order (the first source found is said once, on stderr):
+1. ``path`` given by the caller: a text file, or a folder holding ``*train*.txt`` and ``*valid*.txt`` files
+   (``.txt.xz`` and ``.txt.gz`` too); ``path="hub"`` downloads the full split from the hub (opt-in: the training
+   file is 1.9 GB, and its size is printed before the download starts);
 2. the environment variable ``LLAMA3_TINYSTORIES`` (same meaning; the CI points it at a local folder);
-3. the Hugging Face hub (``roneneldan/TinyStories``) when it answers within a few seconds.
+3. the Hugging Face hub (``roneneldan/TinyStories``) when it answers within a few seconds: a slice, the first
+   ``SLICE_BYTES`` of the split's file, read with one ranged request (no full download) and cached;
+4. the excerpt shipped in ``assets/tinystories/`` (the same first bytes of both splits, CDLA-Sharing-1.0), so that
+   the course works offline from a bare clone.
 Stories are separated by a line ``<|endoftext|>`` (TinyStories' own format), which the tokenizer turns into its EOS
 token, so the model learns where a story ends.
 
@@ -17,22 +22,38 @@ Tokenising 15 MB of text takes a while, so it happens once: the ids go into a ``
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from llama3.files import atomic_write_bytes
+from llama3.tokenizer import ASSETS
+
 EOS_TOKEN = "<|endoftext|>"  # the separator line between stories in the TinyStories text files
 PAD_TOKEN = "[PAD]"
 ENV_VAR = "LLAMA3_TINYSTORIES"
+HUB = "hub"  # path="hub" (--data hub): the full split from the hub, an explicit opt-in
 HUB_REPO = "roneneldan/TinyStories"
 HUB_FILES = {"train": "TinyStories-train.txt", "validation": "TinyStories-valid.txt"}
+HUB_SIZES = {"train": "1.9 GB", "validation": "19 MB"}  # said before a full download when the hub gives no size
 SPLIT_PATTERNS = {"train": "*train*.txt", "validation": "*valid*.txt"}
+COMPRESSED = (".xz", ".gz")  # a folder's *train*.txt.xz / .txt.gz files count too (read with the stdlib)
+# The slice read from the hub and the excerpt shipped in assets/tinystories/ hold the same first bytes of each split:
+# 2 MB of training stories (2,255 stories), and the 500 validation stories of TinyStories-valid.dev500.txt.
+SLICE_BYTES = {"train": 2_000_000, "validation": 412_731}
+EXCERPT_DIR = ASSETS / "tinystories"
+EXCERPT_FILES = {"train": "TinyStories-train.excerpt.txt.xz", "validation": "TinyStories-valid.excerpt.txt.xz"}
 CACHE_VERSION = 1  # bump when the token-file format changes
+
+_announced: set[str] = set()  # the sources already said, once per process
 
 
 # --------------------------------------------------------------------------------------------------- the text
@@ -41,6 +62,13 @@ def _check_split(split: str) -> str:
     if split not in aliases:
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
     return aliases[split]
+
+
+def _announce(message: str) -> None:
+    """Say once per process where a split's text comes from (stderr: it is not part of any result)."""
+    if message not in _announced:
+        _announced.add(message)
+        print(message, file=sys.stderr)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -54,35 +82,76 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _hub_path(split: str) -> str:
+    return f"datasets/{HUB_REPO}/{HUB_FILES[split]}"
+
+
 def _download(split: str) -> list[Path]:
-    from huggingface_hub import hf_hub_download
+    """The full split from the hub (cached by huggingface_hub), after saying how big it is."""
+    from huggingface_hub import HfFileSystem, hf_hub_download
 
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    try:
+        size = f"{HfFileSystem().info(_hub_path(split))['size'] / 1e9:.2f} GB"
+    except Exception:  # the size is only information: the download itself reports real errors
+        size = f"about {HUB_SIZES[split]}"
+    print(f"Downloading {HUB_FILES[split]} ({size}) from the hub ({HUB_REPO}); cached for later runs.",
+          file=sys.stderr)
     return [Path(hf_hub_download(HUB_REPO, HUB_FILES[split], repo_type="dataset"))]
 
 
-def text_files(split: str, path: str | os.PathLike | None = None) -> list[Path]:
-    """The text files of ``split`` ('train' or 'validation'): from ``path``, else $LLAMA3_TINYSTORIES, else the hub.
+def _hub_slice(split: str) -> Path:
+    """The first SLICE_BYTES of the split's hub file, read with one ranged request and cached as a text file."""
+    target = default_cache_dir() / "hub" / f"{Path(HUB_FILES[split]).stem}.first{SLICE_BYTES[split]}B.txt"
+    if not target.is_file():
+        from huggingface_hub import HfFileSystem
 
-    A file path is used as is for either split; a folder gives its ``*train*.txt`` or ``*valid*.txt`` files.
+        with HfFileSystem().open(_hub_path(split), "rb", block_size=SLICE_BYTES[split], cache_type="none") as f:
+            raw = f.read(SLICE_BYTES[split])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, raw)  # DDP ranks may race: each renames a whole file into place
+    return target
+
+
+def text_files(split: str, path: str | os.PathLike | None = None) -> list[Path]:
+    """The text files of ``split`` ('train' or 'validation'): from ``path``, else $LLAMA3_TINYSTORIES, else a slice
+    of the hub's file, else the excerpt shipped in assets/tinystories/ (see the module docstring).
+
+    A file path is used as is for either split; a folder gives its ``*train*.txt`` or ``*valid*.txt`` files;
+    ``path="hub"`` downloads the full split.
     """
     split = _check_split(split)
-    if path is None:
-        path = os.environ.get(ENV_VAR) or None
+    if path is None and os.environ.get(ENV_VAR):
+        path = os.environ[ENV_VAR]
+        _announce(f"TinyStories {split} text: the folder or file in ${ENV_VAR} ({path}).")
     if path is None:
         if _hub_reachable():
-            return _download(split)
-        raise FileNotFoundError(
-            f"No TinyStories text: the hub ({HUB_REPO}) is unreachable and no local path was given. Pass a text file "
-            f"or folder (path=..., or --data on the command line), or set {ENV_VAR}=/path/to/tinystories."
-        )
+            _announce(f"TinyStories {split} text: the first {SLICE_BYTES[split]:,} bytes of {HUB_FILES[split]} on the "
+                      f"hub ({HUB_REPO}); the full split is opt-in: path='{HUB}' (--data {HUB}).")
+            return [_hub_slice(split)]
+        excerpt = EXCERPT_DIR / EXCERPT_FILES[split]
+        if not excerpt.is_file():
+            raise FileNotFoundError(
+                f"No TinyStories text: the hub ({HUB_REPO}) is unreachable, no local path was given and the shipped "
+                f"excerpt {excerpt} is missing. Pass a text file or folder (path=..., or --data on the command "
+                f"line), or set {ENV_VAR}=/path/to/tinystories.")
+        _announce(f"TinyStories {split} text: the excerpt shipped in {EXCERPT_DIR.parent.name}/{EXCERPT_DIR.name}/ "
+                  f"({EXCERPT_FILES[split]}), "
+                  f"as the hub is unreachable and neither a path nor ${ENV_VAR} was given.")
+        return [excerpt]
+    if str(path) == HUB:
+        if not _hub_reachable():
+            raise FileNotFoundError(f"path='{HUB}' downloads TinyStories from the hub ({HUB_REPO}), which is "
+                                    f"unreachable: pass a local text file or folder instead.")
+        return _download(split)
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"The data path {path} does not exist: pass a TinyStories text file or a folder that "
                                 f"holds TinyStories-train*.txt and TinyStories-valid*.txt (or fix {ENV_VAR}).")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.glob(SPLIT_PATTERNS[split]) if p.is_file())
+    patterns = [SPLIT_PATTERNS[split]] + [SPLIT_PATTERNS[split] + suffix for suffix in COMPRESSED]
+    files = sorted(p for pattern in patterns for p in path.glob(pattern) if p.is_file())
     if not files:
         raise FileNotFoundError(f"The folder {path} holds no {SPLIT_PATTERNS[split]} file for the {split} split: "
                                 f"pass a folder with TinyStories-train*.txt and TinyStories-valid*.txt, "
@@ -90,17 +159,45 @@ def text_files(split: str, path: str | os.PathLike | None = None) -> list[Path]:
     return files
 
 
-def read_stories(file: Path) -> str:
-    """A file's text. A story cut off at the end of the file (no closing separator) is dropped."""
-    text = file.read_text(encoding="utf-8")
+def _open(file: Path, mode: str = "rt"):
+    """The file, decompressed when it ends in .xz or .gz; text modes read UTF-8 with universal newlines."""
+    opener = {".xz": lzma.open, ".gz": gzip.open}.get(file.suffix, open)
+    return opener(file, mode, encoding="utf-8") if "t" in mode else opener(file, mode)
+
+
+def _whole_stories(text: str) -> str:
+    """``text`` without a story cut off at its end (after the last <|endoftext|> line)."""
     if EOS_TOKEN in text and not text.rstrip().endswith(EOS_TOKEN):
         text = text[: text.rindex(EOS_TOKEN) + len(EOS_TOKEN)] + "\n"
     return text
 
 
+def read_stories(file: Path) -> str:
+    """A file's text (.xz and .gz decompressed). A story cut off at the end of the file is dropped."""
+    with _open(file) as f:
+        return _whole_stories(f.read())
+
+
 def load_text(split: str, path: str | os.PathLike | None = None) -> str:
     """The whole text of ``split`` ('train' or 'validation') as one string, stories separated by <|endoftext|>."""
     return "".join(read_stories(f) for f in text_files(split, path))
+
+
+def text_sample(split: str, path: str | os.PathLike | None = None, max_bytes: int | None = None) -> str:
+    """The whole stories within the first ``max_bytes`` bytes (default ``SLICE_BYTES[split]``) of the split's first
+    file: the same text from a local copy, the hub's slice or the shipped excerpt, for demos that need a little text.
+    """
+    split = _check_split(split)
+    max_bytes = SLICE_BYTES[split] if max_bytes is None else max_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be an int >= 1, got {max_bytes!r}.")
+    file = text_files(split, path)[0]
+    with _open(file, "rb") as f:  # bytes, as the hub's slice is cut: a character cut in two sits after the last story
+        text = f.read(max_bytes).decode("utf-8", errors="ignore").replace("\r\n", "\n")
+    if EOS_TOKEN not in text:
+        raise ValueError(f"The first {max_bytes:,} bytes of {file} hold no complete story (no {EOS_TOKEN} line): "
+                         f"raise max_bytes or pass a TinyStories file.")
+    return text[: text.rindex(EOS_TOKEN) + len(EOS_TOKEN)] + "\n"
 
 
 def iter_training_texts(path: str | os.PathLike | None = None) -> Iterator[str]:

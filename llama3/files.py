@@ -10,6 +10,7 @@ the file, so callers that keep going after a failed save need to catch one type 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,6 +23,21 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's sharde
 PTH_NAME = "model.pth"  # the weights as a torch pickle (save_pretrained(safe_serialization=False))
 CHECKPOINT_NAME = "checkpoint.pt"  # a training checkpoint: model, optimiser, RNG states, step
 PAD_TOKEN = "[PAD]"  # added to GPT-2's vocabulary (id 50257), which has no padding token
+
+
+def read_json(path: str | os.PathLike, what: str = "a JSON object") -> dict:
+    """The JSON object in ``path``; any problem (missing, unreadable, not JSON, not an object) is one error naming
+    the file: FileNotFoundError for a missing file, ValueError otherwise. ``what`` says what the file should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No file at {path}: it should hold {what}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): it should hold {what}; fix or replace it.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: it should hold {what}.")
+    return data
 
 
 @contextlib.contextmanager

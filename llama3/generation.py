@@ -1,11 +1,19 @@
-"""Sampling (temperature, top-k, top-p) and the two generation loops: without a cache and with one."""
+"""Sampling (temperature, top-k, top-p) and the generation loop, on any model that keeps the forward contract.
+
+The loop samples a token, feeds it to a decoder (``llama3.decoding``: ``prefill`` once, then ``step`` per token)
+and repeats; which decoder runs decides the speed, never the tokens: the readable one without a cache (``generate``),
+the readable one with KV caches (``generate_kv(fast=False)``) or the fused one (``generate_kv``, ``llama3.fast``).
+"""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import math
 
-from llama3.kv_cache import KV_Cache
+import torch
+
+from llama3.attention import check_attention_mask
+from llama3.decoding import Decoder
+from llama3.fast import FastDecoder
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -47,8 +55,8 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_p: flo
 def check_sampling_args(temperature, top_p, top_k) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}.")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0 and finite (0 means greedy), got {temperature}.")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
         raise TypeError(f"top_p must be a number in (0, 1], got {type(top_p).__name__}.")
     if not 0 < top_p <= 1:
@@ -109,7 +117,7 @@ def decode_output(prompt, ids: torch.Tensor, mask: torch.Tensor | None, tokenize
     return texts[0] if isinstance(prompt, str) else texts
 
 
-# ---------------------------------------------------------------------------------------------------- the loops
+# ---------------------------------------------------------------------------------------------------- the loop
 @torch.inference_mode()
 def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int | None = None, eos_token_id: int | None = None,
@@ -119,14 +127,17 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
 
     prompt: a str (returns prompt + continuation as a str, special tokens skipped), a list of str (a left-padded
     batch; returns a list of str), or a LongTensor of ids (B, T) (returns the ids with the new tokens appended;
-    an ``attention_mask`` may mark left padding). temperature=0 is greedy; top_p in (0, 1] and top_k filter
-    the distribution before sampling; seed makes sampling reproducible. Each row stops at ``eos_token_id``
-    (default: the tokenizer's EOS); the loop ends when every row has stopped, after max_new_tokens, or when
-    the sequence reaches max_seq_len. Finished rows are padded. ``stream(token_ids)`` is called with each new
-    (B,) tensor of tokens as it is sampled.
+    an ``attention_mask`` (B, T) of 0/1 may mark LEFT padding). temperature=0 is greedy; top_p in (0, 1] and
+    top_k filter the distribution before sampling; seed makes sampling reproducible. Each row stops at
+    ``eos_token_id`` (default: the tokenizer's EOS) and is padded from then on; the loop ends when every row has
+    stopped, after max_new_tokens, or when the sequence reaches max_seq_len. ``stream(token_ids)`` is called with
+    each new (B,) tensor of tokens as it is sampled.
 
-    With the cache, decoding runs on ``llama3.fast`` (fused, transposed weights; ``compile=True`` adds
-    torch.compile); ``fast=False`` runs the readable loop that calls the model with its KV caches instead.
+    Decoders (same tokens, different speed): ``use_cache=False`` recomputes the whole sequence at every step;
+    ``use_cache=True, fast=False`` calls the model with its KV caches; ``use_cache=True`` (default fast=True) runs
+    ``llama3.fast.FastDecoder``. ``compile=True`` asks for its torch.compile'd static-shape step, which is used on
+    CUDA (a CUDA graph); on the CPU it measured no faster than the eager step (``benchmarks/bench.py``), so there
+    ``compile=True`` runs the eager fast step and never pays a compilation.
     """
     args = model.args
     tokenizer = tokenizer if tokenizer is not None else args.tokenizer
@@ -141,8 +152,8 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     if attention_mask is not None:
         if not isinstance(prompt, torch.Tensor):
             raise TypeError("attention_mask is only for tensor prompts; text batches are padded for you.")
-        mask = attention_mask.to(device).reshape(ids.shape).long()
-        mask = None if bool(mask.all()) else mask
+        mask = check_left_padding(attention_mask.to(device)[None] if attention_mask.dim() == 1 else
+                                  attention_mask.to(device), ids.shape)
     batch, prompt_len = ids.shape
     if prompt_len >= args.max_seq_len:
         raise ValueError(
@@ -167,12 +178,11 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     model.eval()
     try:
         if use_cache and fast:
-            from llama3.fast import start_fast_decoding
-
-            logits, next_logits = start_fast_decoding(model, ids, mask, total_len, compile=compile)
+            # compile only where it measured faster: CUDA (CUDA graphs); see the docstring
+            decoder = FastDecoder(model, batch, total_len, compile=compile and device.type == "cuda")
         else:
-            logits, next_logits = start_decoding(model, ids, mask, total_len, use_cache)
-        new_tokens = sample_loop(logits, next_logits, prompt_len, total_len, temperature, top_p, top_k,
+            decoder = Decoder(model, batch, total_len, use_cache=use_cache)
+        new_tokens = sample_loop(decoder, ids, mask, total_len - prompt_len, temperature, top_p, top_k,
                                  eos_token_id, pad_token_id, generator, stream)
     finally:
         model.train(was_training)
@@ -182,40 +192,28 @@ def generate(model, prompt, tokenizer=None, *, max_new_tokens: int | None = DEFA
     return decode_output(prompt, out, mask, tokenizer)
 
 
-def new_kv_caches(model, batch: int, length: int) -> list[KV_Cache]:
-    """One KV_Cache per layer, sized for this call: `batch` rows of `length` positions."""
-    args, weight = model.args, model.tok_embeddings.weight
-    return [KV_Cache(batch, args.n_kv_heads, length, args.head_dim, weight.dtype, weight.device)
-            for _ in range(args.num_layers)]
+def check_left_padding(attention_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A tensor prompt's attention_mask: exactly (B, T) of 0/1, every row with a real token, padding on the left
+    (new tokens are appended on the right). Returns it as longs, or None when nothing is padded."""
+    check_attention_mask(attention_mask, tuple(shape))
+    mask = attention_mask.long()
+    if bool((mask.cummax(-1).values != mask).any()):
+        row = int((mask.cummax(-1).values != mask).any(-1).nonzero()[0])
+        raise ValueError(f"attention_mask row {row} has padding (0) after a real token (1): generation needs LEFT "
+                         f"padding, so that new tokens follow each row's last real token.")
+    return None if bool(mask.all()) else mask
 
 
-def start_decoding(model, ids, mask, total_len, use_cache):
-    """The readable path: prefill, and a function that feeds one new token (with the KV caches) or the whole
-    sequence (without) back into the model. Returns (logits (B, vocab) of the last prompt position, next_logits)."""
-    caches = new_kv_caches(model, ids.shape[0], total_len) if use_cache else None
-    seq = ids
-
-    def next_logits(token: torch.Tensor, cur_len: int) -> torch.Tensor:
-        """token (B,) sits at position cur_len; returns the logits (B, vocab) that follow it."""
-        nonlocal seq, mask
-        if mask is not None:
-            mask = F.pad(mask, (0, 1), value=1)
-        if use_cache:
-            return model(token[:, None], mask, kv_caches=caches, start_pos=cur_len, logits_to_keep=1).logits[:, -1]
-        seq = torch.cat([seq, token[:, None]], dim=1)
-        return model(seq, mask, logits_to_keep=1).logits[:, -1]
-
-    return model(ids, mask, kv_caches=caches, logits_to_keep=1).logits[:, -1], next_logits
-
-
-def sample_loop(logits, next_logits, prompt_len, total_len, temperature, top_p, top_k, eos_token_id, pad_token_id,
-                generator, stream) -> torch.Tensor:
-    """Sample a token from ``logits``, feed it back through ``next_logits(token, position)``, repeat. A row that
-    has produced EOS is padded from then on; the loop ends when every row has, or at total_len.
-    Returns the new tokens (B, N)."""
-    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+def sample_loop(decoder, ids: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int, temperature: float,
+                top_p: float, top_k: int | None, eos_token_id: int | None, pad_token_id: int,
+                generator: torch.Generator | None, stream) -> torch.Tensor:
+    """Prefill ``decoder`` with ids (B, T), then sample a token, feed it back with ``decoder.step``, repeat.
+    A row that has produced EOS gets ``pad_token_id`` from then on; the loop ends when every row has, or after
+    max_new_tokens. Returns the new tokens (B, N), N <= max_new_tokens."""
+    logits = decoder.prefill(ids, mask)  # (B, vocab)
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     new_tokens = []
-    for cur_len in range(prompt_len, total_len):
+    for i in range(max_new_tokens):
         token = sample_next_token(logits, temperature, top_p, top_k, generator)  # (B,)
         if eos_token_id is not None:
             token = token.masked_fill(finished, pad_token_id)
@@ -223,7 +221,7 @@ def sample_loop(logits, next_logits, prompt_len, total_len, temperature, top_p, 
         new_tokens.append(token)
         if stream is not None:
             stream(token)
-        if cur_len + 1 == total_len or (eos_token_id is not None and bool(finished.all())):
+        if i + 1 == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
             break
-        logits = next_logits(token, cur_len)
+        logits = decoder.step(token)
     return torch.stack(new_tokens, dim=1)

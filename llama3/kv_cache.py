@@ -58,3 +58,10 @@ class KV_Cache(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.k_cache.shape)}, dtype={self.k_cache.dtype}, seq_len={self.seq_len}"
+
+
+def new_kv_caches(args, batch: int, length: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> list[KV_Cache]:
+    """One KV_Cache per layer of a model built from ``args`` (a ModelArgs), sized for one call: ``batch`` rows of
+    ``length`` positions (prompt + new tokens), not ``max_batch_size`` x ``max_seq_len``."""
+    return [KV_Cache(batch, args.n_kv_heads, length, args.head_dim, dtype, device) for _ in range(args.num_layers)]

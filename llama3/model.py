@@ -12,15 +12,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llama3.attention import build_attention_mask
+from llama3 import generation
+from llama3.attention import build_attention_mask, check_attention_mask
 from llama3.config import ModelArgs
+from llama3.convert import (
+    args_from_hf_config,
+    atomic_save,
+    check_state_dict,
+    clean_state_dict,
+    hf_folder_args,
+    hf_folder_index,
+    hf_model_from_state_dict,
+    iter_hf_shards,
+    load_state_dict_file,
+    ours_from_hf_state_dict,
+    read_meta_folder,
+    save_hf_folder,
+)
 from llama3.decoder import DecoderLayer
+from llama3.files import CONFIG_NAME, PTH_NAME, SAFETENSORS_NAME, atomic_write_text, read_json
 from llama3.kv_cache import KV_Cache
 from llama3.norm import RMSNorm
 from llama3.rope import RoPE
+from llama3.tokenizer import save_tokenizer
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+# Where a state dict such as the seed's "tiny_stories_50M.pth" comes from: none ships with the course (README,
+# "Use the package", has the same recipe).
+MAKE_A_CHECKPOINT = (
+    "No .pth ships with the course; make one for the seed's ModelArgs by training briefly, `python -m llama3 train "
+    "--d-model 256 --heads 4 --group-size 2 --num-layers 32 --seq-len 256 --multiple-of 256 --steps 200 --out-dir "
+    "runs/seed`, then `torch.save(Llama3.from_pretrained('runs/seed/model').state_dict(), 'tiny_stories_50M.pth')` "
+    "(or load the folder runs/seed/model itself, or the shipped model: llama3.pretrained.PRETRAINED_DIR)"
+)
 
 
 @dataclass
@@ -64,6 +87,8 @@ class Llama3(nn.Module):
         ignored. kv_caches (one per layer) turn on cached decoding from start_pos. logits_to_keep > 0 computes
         the head for the last positions only (generation needs one).
         """
+        if not isinstance(tgt, torch.Tensor) or tgt.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tgt must be a LongTensor of token ids, got {getattr(tgt, 'dtype', type(tgt).__name__)}.")
         if tgt.dim() != 2:
             raise ValueError(f"tgt must be a (batch, seq) tensor of token ids, got shape {tuple(tgt.shape)}.")
         batch, seq = tgt.shape
@@ -73,12 +98,13 @@ class Llama3(nn.Module):
                 f"Sequence of {end} positions is longer than max_seq_len={self.args.max_seq_len}: truncate the "
                 f"input or build the model with a larger max_seq_len."
             )
+        vocab = self.args.vocab_size
+        if seq and bool(((tgt < 0) | (tgt >= vocab)).any()):
+            bad = tgt[(tgt < 0) | (tgt >= vocab)][0].item()
+            raise ValueError(f"Token id {bad} is outside the vocabulary [0, {vocab}): encode with the model's own "
+                             f"tokenizer, or build the model with a larger vocab_size.")
         if attention_mask is not None:
-            if attention_mask.shape != (batch, end):
-                raise ValueError(
-                    f"attention_mask must have shape (batch, start_pos + seq) = {(batch, end)}, "
-                    f"got {tuple(attention_mask.shape)}."
-                )
+            check_attention_mask(attention_mask, (batch, end))
             if bool(attention_mask.all()):
                 attention_mask = None  # no padding: the fast causal path applies
         if position_ids is None:
@@ -128,17 +154,15 @@ class Llama3(nn.Module):
         """Sample a continuation, recomputing the whole sequence at every step (no cache). See
         ``llama3.generation.generate`` for the arguments; generation stops at EOS (per sequence), after
         max_new_tokens, or when the sequence reaches max_seq_len."""
-        from llama3.generation import generate
-
-        return generate(self, prompt, tokenizer, use_cache=False, **kwargs)
+        return generation.generate(self, prompt, tokenizer, use_cache=False, **kwargs)
 
     def generate_kv(self, prompt, tokenizer=None, **kwargs):
-        """Like ``generate``, but with a KV cache: each step feeds only the newest token, through the fast decode
-        step of ``llama3.fast``. ``compile=True`` runs that step under torch.compile (the first call pays the
-        compilation); ``fast=False`` uses the readable loop that calls this model with its caches."""
-        from llama3.generation import generate
-
-        return generate(self, prompt, tokenizer, use_cache=True, **kwargs)
+        """Like ``generate``, but with a KV cache: each step feeds only the newest token, through
+        ``llama3.fast.FastDecoder`` (fused weights, rebuilt per call). ``fast=False`` uses the readable decoder that
+        calls this model with its caches. ``compile=True`` runs the step under torch.compile with a CUDA graph on
+        CUDA (the first call pays the compilation); on the CPU, where the compiled step measured no faster, it
+        runs the same eager fast step."""
+        return generation.generate(self, prompt, tokenizer, use_cache=True, **kwargs)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -156,19 +180,20 @@ class Llama3(nn.Module):
         return state
 
     def save_pretrained(self, folder: str | os.PathLike, safe_serialization: bool = True, tokenizer=None) -> Path:
-        """Write config.json and model.safetensors (or model.pth) into ``folder``; files are written under a
-        temporary name and renamed, so an interrupted save never leaves a half-written checkpoint."""
-        from llama3.convert import atomic_save
-
+        """Write config.json and model.safetensors (or model.pth) into ``folder``, and the tokenizer's files when
+        one is given. Every file is written atomically (``llama3.files``; failures are OSError naming the file),
+        config.json after the weights, and the other weights format is removed last: a folder holds one weights
+        file, so loading can never pick up the weights of an earlier save."""
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"save_pretrained needs a folder, but {folder} is a file: pass a folder path.")
         folder.mkdir(parents=True, exist_ok=True)
-        name = WEIGHTS_NAME if safe_serialization else "model.pth"
+        name, other = (SAFETENSORS_NAME, PTH_NAME) if safe_serialization else (PTH_NAME, SAFETENSORS_NAME)
         atomic_save(self.state_dict_for_saving(), folder / name)
-        tmp = folder / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.args.to_dict(), indent=2) + "\n")
-        os.replace(tmp, folder / CONFIG_NAME)
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.args.to_dict(), indent=2) + "\n")
+        (folder / other).unlink(missing_ok=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
+            save_tokenizer(tokenizer, folder)
         return folder
 
     @classmethod
@@ -177,25 +202,29 @@ class Llama3(nn.Module):
         written by ``save_pretrained`` (config inside; ``args`` optional), or from a Hugging Face folder.
 
         A checkpoint that does not fit the args raises ValueError naming the missing, unexpected and wrongly
-        shaped keys.
+        shaped keys; a folder with both model.safetensors and model.pth is refused (which one is current?).
         """
-        from llama3.convert import load_state_dict_file
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(
-                f"No checkpoint at {path}: pass a .pth/.safetensors file or a folder written by save_pretrained."
+                f"No checkpoint at {path}: pass a .pth/.safetensors file or a folder written by save_pretrained. "
+                f"{MAKE_A_CHECKPOINT}."
             )
         if path.is_dir():
             config = path / CONFIG_NAME
-            if config.is_file() and json.loads(config.read_text()).get("model_type") == "llama":
-                return cls.from_hf(path)
+            if config.is_file() and read_json(config, "a ModelArgs or Hugging Face config").get("model_type"):
+                return cls.from_hf(path, **overrides)
             if args is None:
                 args = ModelArgs.load(config, **overrides)
-            weights = [path / WEIGHTS_NAME, path / "model.pth"]
-            weights = [w for w in weights if w.is_file()]
+            weights = [path / name for name in (SAFETENSORS_NAME, PTH_NAME) if (path / name).is_file()]
             if not weights:
-                raise FileNotFoundError(f"{path} holds no {WEIGHTS_NAME} or model.pth: is it a save_pretrained folder?")
+                raise FileNotFoundError(
+                    f"{path} holds no {SAFETENSORS_NAME} or {PTH_NAME}: pass a folder written by save_pretrained.")
+            if len(weights) > 1:
+                raise ValueError(
+                    f"{path} holds both {SAFETENSORS_NAME} and {PTH_NAME}, and nothing says which is current: "
+                    f"delete the stale one, or pass the file itself, Llama3.from_pretrained({str(weights[0])!r}, args)."
+                )
             path = weights[0]
         elif args is None:
             raise ValueError(
@@ -209,41 +238,80 @@ class Llama3(nn.Module):
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], args: ModelArgs) -> Llama3:
         """Build the model and load ``state`` into it, with a readable error when the two do not fit."""
-        from llama3.convert import check_state_dict, clean_state_dict
-
         state = clean_state_dict(state)
-        with torch.device("meta"):  # no random init, no second copy of the weights
-            model = cls(args)
-        check_state_dict(model, state)
+        model = cls._empty(args, {name: tuple(t.shape) for name, t in state.items()})
         model.load_state_dict(state, strict=False, assign=True)
-        if args.tie_embeddings:
-            model.output.weight = model.tok_embeddings.weight
-        model.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)  # buffers were on "meta"
-        return model
+        return model._finish_loading()
 
     @classmethod
-    def from_hf(cls, folder_or_model, **kwargs) -> Llama3:
-        """From a Hugging Face Llama: a ``LlamaForCausalLM`` in memory, or a folder (config.json + safetensors)."""
-        from llama3.convert import from_hf
+    def _empty(cls, args: ModelArgs, shapes: dict[str, tuple[int, ...]], source: str | None = None) -> Llama3:
+        """The model on the "meta" device (no memory, no random init), after checking a checkpoint's key names and
+        shapes against it, so that a mismatch is reported before any weight is read. ``source`` names the
+        checkpoint and its config in that report."""
+        with torch.device("meta"):
+            model = cls(args)
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        try:
+            check_state_dict(expected, shapes, args)
+        except ValueError as error:
+            if source is None:
+                raise
+            raise ValueError(f"The weights in {source} do not match its config. {error}") from None
+        return model
 
-        return from_hf(folder_or_model, **kwargs)
+    def _finish_loading(self) -> Llama3:
+        """After assigning weights into a "meta" model: re-tie the head, rebuild the RoPE buffers (created on
+        "meta") and check that nothing is left without a value."""
+        if self.args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.rope = RoPE(self.args.head_dim, self.args.rope_theta, self.args.rope_scaling)
+        leftover = [n for n, t in list(self.named_parameters()) + list(self.named_buffers()) if t.is_meta]
+        if leftover:
+            raise RuntimeError(f"Loading left tensors without values: {leftover}")
+        return self
+
+    @classmethod
+    def from_hf(cls, folder_or_model, dtype: torch.dtype | None = None, **overrides) -> Llama3:
+        """From a Hugging Face Llama: a ``LlamaForCausalLM`` in memory, or a folder (config.json and
+        model.safetensors or a sharded model.safetensors.index.json). ``dtype`` casts the weights while loading
+        (None keeps the checkpoint's: bfloat16 for Meta's releases); ``overrides`` replace ModelArgs fields
+        (``max_seq_len=4096`` for example). A folder is loaded shard by shard into a model built on "meta", so the
+        weights exist once."""
+        if isinstance(folder_or_model, (str, os.PathLike)):
+            folder = Path(folder_or_model)
+            args = hf_folder_args(folder, **overrides)
+            index = hf_folder_index(folder, args)
+            model = cls._empty(args, {name: shape for name, (_, _, shape) in index.items()},
+                               f"{folder} ({CONFIG_NAME})")
+            for shard in iter_hf_shards(index, args, dtype):
+                model.load_state_dict(shard, strict=False, assign=True)
+            return model._finish_loading().eval()
+        hf_model = folder_or_model
+        args = args_from_hf_config(hf_model.config, **overrides)
+        state = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+        if args.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        model = cls.from_state_dict(ours_from_hf_state_dict(state, args), args)
+        return model if dtype is None else model.to(dtype)
 
     def to_hf(self):
-        """An equivalent ``transformers.LlamaForCausalLM`` holding copies of these weights."""
-        from llama3.convert import to_hf
+        """An equivalent ``transformers.LlamaForCausalLM`` holding copies of these weights, in the same dtype."""
+        return hf_model_from_state_dict(self.state_dict_for_saving(), self.args, self.tok_embeddings.weight.dtype)
 
-        return to_hf(self)
-
-    def save_hf(self, folder: str | os.PathLike, **kwargs) -> Path:
-        """Write a Hugging Face folder (config.json + model.safetensors) that AutoModelForCausalLM loads."""
-        from llama3.convert import save_hf
-
-        return save_hf(self, folder, **kwargs)
+    def save_hf(self, folder: str | os.PathLike, max_shard_size: int | str = "5GB", tokenizer=None) -> Path:
+        """Write a Hugging Face folder (config.json + model.safetensors, or shards above ``max_shard_size``) that
+        AutoModelForCausalLM loads; see ``llama3.convert.save_hf_folder``."""
+        return save_hf_folder(self.state_dict_for_saving(), self.args, folder, self.tok_embeddings.weight.dtype,
+                              max_shard_size=max_shard_size, tokenizer=tokenizer)
 
     @classmethod
     def from_meta(cls, folder: str | os.PathLike, max_seq_len: int | None = None,
-                  rope_scaling: dict | None = None, **kwargs) -> Llama3:
-        """From Meta's format: params.json + consolidated.00.pth."""
-        from llama3.convert import from_meta
-
-        return from_meta(folder, max_seq_len=max_seq_len, rope_scaling=rope_scaling, **kwargs)
+                  rope_scaling: dict | None = None, dtype: torch.dtype | None = None, **overrides) -> Llama3:
+        """From Meta's format: params.json + consolidated.00.pth (memory-mapped and assigned into a model built on
+        "meta"); see ``llama3.convert.read_meta_folder`` for tied heads and Llama 3.2's ``rope_scaling``."""
+        args, state, file = read_meta_folder(folder, max_seq_len, rope_scaling, **overrides)
+        model = cls._empty(args, {name: tuple(t.shape) for name, t in state.items()}, f"{file} (params.json)")
+        if dtype is not None:
+            state = {name: t.to(dtype) for name, t in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        return model._finish_loading().eval()

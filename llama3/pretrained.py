@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llama3.data import tokenize
+from llama3.data import eos_id, load_text, tokenize
+from llama3.files import CONFIG_NAME
 from llama3.model import Llama3
 from llama3.tokenizer import ASSETS, load_tokenizer
 
@@ -35,7 +36,8 @@ def load_model(folder: str | os.PathLike = PRETRAINED_DIR, device: str | torch.d
     (or from ``tokenizer``, a folder; GPT-2 when the folder holds none). Weights stored in bfloat16 are upcast to
     ``dtype`` (float32 by default: exactly the shipped values, computed at full precision)."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
+    device = resolve_device(device)
+    if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"No model at {folder} (config.json missing): pass a folder written by "
                                 f"Llama3.save_pretrained, such as the model/ folder of a training run.")
     if tokenizer is None and (folder / "tokenizer_config.json").is_file():
@@ -49,6 +51,30 @@ def load_model(folder: str | os.PathLike = PRETRAINED_DIR, device: str | torch.d
                          f"{len(tok)} tokens: pass the tokenizer it was trained with (--tokenizer).")
     model.args.tokenizer = tok  # generate() then needs no tokenizer argument
     return model.to(device=device, dtype=dtype).eval(), tok
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that exists here; ValueError naming it otherwise (torch would raise a
+    RuntimeError for an unknown name and an AssertionError for CUDA on a CPU-only build)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Unknown device {device!r}: use cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"Device {str(device)!r}: this torch build has no CUDA or no GPU is visible; use cpu.")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"Device {str(device)!r} does not exist: there are {count} GPUs (cuda:0 to "
+                             f"cuda:{count - 1}).")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Device {str(device)!r} is not available here (Apple GPUs only); use cpu.")
+    elif device.type not in ("cpu", "meta", "cuda", "mps"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"Device {str(device)!r} is not available here ({error}); use cpu.") from None
+    return device
 
 
 def load_pretrained(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -69,13 +95,13 @@ def evaluate(model: Llama3, tokenizer, text: str, stride: int | None = None, bat
     """
     if not text:
         raise ValueError("The text to evaluate is empty.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int of at least 1, got {batch_size!r}.")
     window = model.args.max_seq_len
     stride = window // 2 if stride is None else stride
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in [1, max_seq_len={window}], got {stride}.")
     device = next(model.parameters()).device
-    from llama3.data import eos_id
-
     ids = torch.cat([torch.tensor([eos_id(tokenizer)]), torch.from_numpy(tokenize(text, tokenizer).astype("int64"))])
     n = len(ids) - 1  # tokens to predict: ids[1:]
     spans = []  # (input start, input end, first scored target offset within the window)
@@ -103,23 +129,62 @@ def evaluate(model: Llama3, tokenizer, text: str, stride: int | None = None, bat
             "tokens": n, "bytes": n_bytes}
 
 
-def eval_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m llama3 eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Loss, perplexity and bits per byte of a model on a text file (default: the shipped model on the "
-                    "TinyStories validation text).")
-    parser.add_argument("text", nargs="?", default=None,
-                        help="text file to evaluate (default: the validation split from --data, $LLAMA3_TINYSTORIES "
-                             "or the hub)")
-    parser.add_argument("--data", default=None, help="TinyStories folder whose validation split is the default text")
+# ------------------------------------------------------------------------------------- the commands' parsers
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default once: appended as "(default: X)" unless the help text already says what the
+    default is (it mentions "default"), and never as "(default: None)" for an option that is simply off."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse ``type`` that parses ``kind`` and checks the range: one line naming the bound on a bad value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m llama3 {command}", formatter_class=HelpFormatter,
+                                     description=description)
     parser.add_argument("--model", default=str(PRETRAINED_DIR), help="folder written by save_pretrained")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the one in --model)")
-    parser.add_argument("--stride", type=int, default=None, help="window stride (default: half of max_seq_len)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    from llama3.data import load_text
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    return parser
 
+
+def eval_main(argv: list[str] | None = None) -> int:
+    parser = _parser("eval", "Loss, perplexity and bits per byte of a model on a text file (default: the shipped "
+                             "model on the TinyStories validation text).")
+    parser.add_argument("text", nargs="?", default=None,
+                        help="text file to evaluate (default: the validation split from --data, $LLAMA3_TINYSTORIES, "
+                             "a slice of the hub, or the shipped excerpt)")
+    parser.add_argument("--data", default=None, help="TinyStories folder whose validation split is the default text")
+    parser.add_argument("--stride", type=POSITIVE_INT, default=None,
+                        help="window stride, at most max_seq_len (default: half of max_seq_len)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="windows per forward pass")
+    args = parser.parse_args(argv)
+    resolve_device(args.device)  # before reading a long text
     if args.text is not None:
         path = Path(args.text)
         if not path.is_file():
@@ -139,18 +204,20 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 # --------------------------------------------------------------------------------------------- generation
 def generate_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m llama3 generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Continue a prompt with the shipped TinyStories model (or --model), printing tokens as they come.")
-    parser.add_argument("prompt", nargs="?", default="Once upon a time")
-    parser.add_argument("--model", default=str(PRETRAINED_DIR), help="folder written by save_pretrained")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the one in --model)")
-    parser.add_argument("--max-new-tokens", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None, help="fix the sampling for a reproducible story")
-    parser.add_argument("--device", default="cpu")
+    parser = _parser("generate", "Continue a prompt with the shipped TinyStories model (or --model), printing tokens "
+                                 "as they come. The sampling defaults here (temperature 0.8, top-p 0.95) are the "
+                                 "command's; the API's generate/generate_kv default to temperature 1.0, top_p 1.0.")
+    parser.add_argument("prompt", nargs="?", default="Once upon a time", help="the text to continue")
+    parser.add_argument("--max-new-tokens", type=POSITIVE_INT, default=300,
+                        help="tokens to add at most; generation also stops at EOS and at max_seq_len")
+    parser.add_argument("--temperature", type=_number(float, 0), default=0.8,
+                        help="0 is greedy (default: %(default)s; the API's generate/generate_kv default: 1.0)")
+    parser.add_argument("--top-p", type=_number(float, 0, 1, low_open=True), default=0.95,
+                        help="nucleus sampling: keep the smallest set of tokens with this much probability, in (0, 1] "
+                             "(default: %(default)s; the API's default: 1.0)")
+    parser.add_argument("--top-k", type=POSITIVE_INT, default=None, help="keep the k likeliest tokens (default: all)")
+    parser.add_argument("--seed", type=_number(int, 0), default=None,
+                        help="fix the sampling for a reproducible story (default: a different story each time)")
     parser.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, args.device, tokenizer=args.tokenizer)
@@ -175,9 +242,11 @@ def generate_main(argv: list[str] | None = None) -> int:
                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed))
         return 0
     print(args.prompt, end="", flush=True)
-    model.generate_kv(args.prompt, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      top_p=args.top_p, top_k=args.top_k, seed=args.seed, stream=stream)
-    print()
+    try:
+        model.generate_kv(args.prompt, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, stream=stream)
+    finally:
+        print(flush=True)  # end the streamed line, so that an error (or the shell prompt) starts on its own line
     return 0
 
 

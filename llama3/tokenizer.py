@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from pathlib import Path
+
+from llama3.files import CONFIG_NAME, PAD_TOKEN, atomic_write_bytes, read_json
 
 ASSETS = Path(os.environ.get("LLAMA3_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
 GPT2_DIR = ASSETS / "tokenizer" / "gpt2"
-PAD_TOKEN = "[PAD]"
 
 
 def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None = None):
@@ -20,7 +21,7 @@ def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None =
     pad token; generation then pads with EOS). The length is checked: transformers 5 returns an EMPTY tokenizer,
     without an error, when asked for "gpt2" offline, and that must never pass silently.
     """
-    from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast  # heavy: import on use
 
     folder = Path(path) if path is not None else GPT2_DIR
     if not folder.is_dir():
@@ -45,6 +46,23 @@ def load_tokenizer(path: str | os.PathLike | None = None, add_pad: bool | None =
     return tokenizer
 
 
+def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(folder)``, atomically file by file: the files are written to a temporary folder
+    beside them and each moved into ``folder`` with ``llama3.files.atomic_write_bytes``, so a full disk or a crash
+    never leaves a truncated tokenizer.json (any failure is an OSError naming the file)."""
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer.") as tmp:
+        try:
+            tokenizer.save_pretrained(tmp)
+        except OSError:
+            raise
+        except Exception as error:
+            raise OSError(f"could not write the tokenizer into {folder}: {type(error).__name__}: {error}") from error
+        for file in sorted(Path(tmp).iterdir()):
+            if file.is_file():
+                atomic_write_bytes(folder / file.name, file.read_bytes())
+
+
 def _is_hf_model_folder(folder: Path) -> bool:
-    config = folder / "config.json"
-    return config.is_file() and "model_type" in json.loads(config.read_text())
+    config = folder / CONFIG_NAME
+    return config.is_file() and "model_type" in read_json(config, "a model config")

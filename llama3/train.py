@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from llama3.config import ModelArgs
-from llama3.data import TokenDataset, load_tokens
+from llama3.data import HUB, TokenDataset, load_tokens
 from llama3.model import Llama3
 from llama3.tokenizer import load_tokenizer
 
@@ -67,7 +67,8 @@ def lr_schedule(step: int, *, warmup_steps: int, total_steps: int, max_lr: float
 class TrainConfig:
     """Every setting of a run. Fields in ``RESUMABLE`` may change on ``--resume``; the rest must match."""
 
-    data: str | None = None  # TinyStories file or folder (default: $LLAMA3_TINYSTORIES, else the hub)
+    data: str | None = None  # TinyStories file or folder, or 'hub' for the full data (1.9 GB, opt-in); default:
+    # $LLAMA3_TINYSTORIES, else a 2 MB slice read from the hub, else the excerpt in assets/tinystories/
     val_data: str | None = None  # validation text (default: the validation split next to --data)
     tokenizer: str | None = None  # tokenizer folder (default: the vendored GPT-2)
     out_dir: str = "runs/train"
@@ -86,7 +87,7 @@ class TrainConfig:
     batch_size: int = 16  # windows per micro-step, over all processes
     grad_accum: int = 1  # micro-steps per optimiser step
     steps: int = 1000  # optimiser steps; the cosine reaches min_lr here
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: 100, or every step of a shorter run (`--steps 5` is a smoke test)
     lr: float = 1e-3
     min_lr: float = 1e-4
     weight_decay: float = 0.1
@@ -110,6 +111,10 @@ class TrainConfig:
 
     RESUMABLE = ("out_dir", "device", "eval_interval", "eval_windows", "log_interval", "ckpt_interval", "save_dtype",
                  "resume", "stop_after", "max_minutes", "threads", "progress", "data", "val_data", "tokenizer")
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.steps)
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "steps", "seq_len", "eval_interval", "eval_windows", "log_interval",
@@ -354,7 +359,7 @@ def train(config: TrainConfig) -> list[dict]:
         warnings.simplefilter("ignore", FutureWarning)
         tokenizer = load_tokenizer(config.tokenizer)
     train_data = TokenDataset(load_tokens("train", tokenizer, config.data), config.seq_len)
-    if config.val_data is not None or config.data is None or Path(config.data).is_dir():
+    if config.val_data is not None or config.data in (None, HUB) or Path(config.data).is_dir():
         val_data = TokenDataset(load_tokens("validation", tokenizer, config.val_data or config.data), config.seq_len)
     else:  # a single text file: hold out its last 5 %
         tokens = train_data.tokens
@@ -501,10 +506,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="python -m llama3 train")
     parser.description = __doc__.split("\n\n")[0]
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.epilog = ("--data: a TinyStories text file or folder; 'hub' downloads the full data (1.9 GB, its size said "
+                     "first). Without it: $LLAMA3_TINYSTORIES, else a 2 MB slice read from the hub, else the excerpt "
+                     "shipped in assets/tinystories/ (offline).")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else getattr(defaults, f.name)  # None stays None
         if f.type in ("bool",):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:

@@ -1,5 +1,7 @@
 """save_pretrained / from_pretrained round trips, readable mismatch errors, and the seed example."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +75,91 @@ def test_the_seed_example_runs_as_written(tmp_path, monkeypatch):
                              tokenizer=tokenizer, top_p=0.8, max_new_tokens=8, seed=0)
     assert text.startswith("There once was a strong man called Bene who liked to play on the computer.")
     assert len(tokenizer(text)["input_ids"]) > 19
+
+
+# ------------------------------------------------------------------------------ one weights file per folder
+@pytest.mark.parametrize("first_safe", [True, False], ids=["safetensors-then-pth", "pth-then-safetensors"])
+def test_saving_in_the_other_format_replaces_the_old_weights(make_model, tmp_path, first_safe):
+    make_model(seed=0).save_pretrained(tmp_path, safe_serialization=first_safe)
+    newer = make_model(seed=1)
+    newer.save_pretrained(tmp_path, safe_serialization=not first_safe)
+    weights = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("model."))
+    assert weights == ["model.pth" if first_safe else "model.safetensors"]
+    loaded = Llama3.from_pretrained(tmp_path)
+    assert torch.equal(loaded.layers[0].attention.wq.weight, newer.layers[0].attention.wq.weight)
+
+
+def test_a_folder_with_both_weight_files_is_refused(make_model, tmp_path):
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    torch.save(make_model(seed=1).state_dict(), tmp_path / "model.pth")  # by hand, not by save_pretrained
+    with pytest.raises(ValueError, match=r"holds both model\.safetensors and model\.pth.*delete the stale one"):
+        Llama3.from_pretrained(tmp_path)
+    loaded = Llama3.from_pretrained(tmp_path / "model.safetensors", model.args)  # the fix the message names
+    assert torch.equal(loaded.output.weight, model.output.weight)
+
+
+# ------------------------------------------------------------------------------------------ files and errors
+def test_a_legacy_non_zip_pth_loads(make_model, tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) files (torch < 1.6) cannot be memory-mapped; they are
+    read whole, still with weights_only=True."""
+    model = make_model()
+    torch.save(model.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    loaded = Llama3.from_pretrained(tmp_path / "legacy.pth", model.args)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_a_legacy_pth_that_is_not_a_state_dict_says_how_to_resave(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}, "opt": object()}, tmp_path / "legacy.pth",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"(?s)legacy \(non-zip\) format.*torch\.save\(torch\.load\("):
+        Llama3.from_pretrained(tmp_path / "legacy.pth", tiny_args())
+
+
+def test_a_missing_seed_checkpoint_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        Llama3.from_pretrained("tiny_stories_50M.pth", tiny_args())
+    message = str(info.value)
+    assert "No checkpoint at tiny_stories_50M.pth" in message
+    assert "python -m llama3 train --d-model 256 --heads 4 --group-size 2 --num-layers 32 --seq-len 256" in message
+    assert "torch.save(" in message and "'tiny_stories_50M.pth'" in message
+
+
+def test_a_failed_save_keeps_the_previous_files(make_model, tmp_path, monkeypatch):
+    """A writer that fails half-way (torch.save reports a full disk as RuntimeError) raises OSError naming the file,
+    leaves no temporary file, and the previous save still loads."""
+    from llama3 import convert
+
+    old = make_model(seed=0)
+    old.save_pretrained(tmp_path, safe_serialization=False)
+
+    def full_disk(state, path, **kwargs):
+        open(path, "wb").write(b"half")
+        raise RuntimeError("PytorchStreamWriter failed writing file: No space left on device")
+
+    monkeypatch.setattr(convert.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write .*model\.pth: RuntimeError"):
+        make_model(seed=1).save_pretrained(tmp_path, safe_serialization=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.pth"]
+    assert torch.equal(Llama3.from_pretrained(tmp_path).output.weight, old.output.weight)
+
+
+def test_a_failed_tokenizer_save_leaves_the_old_tokenizer_whole(make_model, tmp_path):
+    tokenizer = load_tokenizer()
+    model = make_model()
+    model.save_pretrained(tmp_path, tokenizer=tokenizer)
+    before = (tmp_path / "tokenizer.json").read_bytes()
+    assert load_tokenizer(tmp_path).encode("Hello world") == [15496, 995]
+
+    class Broken:
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text('{"trunc')
+            raise RuntimeError("No space left on device")
+
+    with pytest.raises(OSError, match="could not write the tokenizer"):
+        model.save_pretrained(tmp_path, tokenizer=Broken())
+    assert (tmp_path / "tokenizer.json").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from llama3 import Llama3, ModelArgs
-from llama3.__main__ import main
+from llama3 import Llama3, ModelArgs, pretrained
+from llama3.__main__ import main, run
 from llama3.data import EOS_TOKEN
 from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model, load_pretrained
 from llama3.tokenizer import load_tokenizer
@@ -71,11 +71,106 @@ def test_generate_streams_exactly_what_generate_kv_returns(tiny_folder, capsys):
     assert capsys.readouterr().out == expected + "\n"
 
 
-def test_generate_refuses_bad_sampling_and_missing_models(tiny_folder, tmp_path):
-    with pytest.raises(ValueError, match="top_p"):
-        main(["generate", "Hi", "--model", str(tiny_folder), "--top-p", "1.5"])
+def test_generate_refuses_missing_models(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         main(["generate", "Hi", "--model", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "--batch-size", "-1"], "argument --batch-size: must be >= 1, got -1"),
+    (["eval", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["eval", "--stride", "0"], "argument --stride: must be >= 1, got 0"),
+    (["eval", "--batch-size", "2.5"], "argument --batch-size: expected an integer, got '2.5'"),
+    (["generate", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1, got 0"),
+    (["generate", "--temperature", "-1"], "argument --temperature: must be >= 0, got -1"),
+    (["generate", "--temperature", "nan"], "argument --temperature: must be finite, got 'nan'"),
+    (["generate", "--top-p", "0"], "argument --top-p: must be > 0, got 0"),
+    (["generate", "--top-p", "1.5"], "argument --top-p: must be <= 1, got 1.5"),
+    (["generate", "--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
+    (["generate", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_every_number_on_the_command_line_is_checked(argv, message, capsys):
+    """Refused by the parser, before any model is loaded: exit status 2 and one line naming the option."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_batch_size_below_one(tiny_folder):
+    model, tokenizer = load_model(tiny_folder)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be an int of at least 1"):
+            evaluate(model, tokenizer, "Once upon a time", batch_size=bad)
+
+
+@pytest.mark.parametrize("device,message", [
+    ("foo", "Unknown device 'foo': use cpu, cuda, cuda:N or mps."),
+    ("cuda:99", "Device 'cuda:99'"),
+])
+def test_a_device_that_does_not_exist_is_one_line(tiny_folder, device, message, capsys):
+    assert run(["generate", "Hi", "--model", str(tiny_folder), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch build has CUDA")
+def test_cuda_on_a_cpu_build_is_one_line(tiny_folder, capsys):
+    assert run(["eval", "--model", str(tiny_folder), "--device", "cuda"]) == 1
+    assert capsys.readouterr().err.startswith("error: Device 'cuda': this torch build has no CUDA")
+
+
+def test_expected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
+    """OSError (a read-only output folder), RuntimeError and ValueError end with one line and status 1; --debug or
+    LLAMA3_DEBUG=1 lets the exception through; Ctrl-C is status 130."""
+    def fail(error):
+        def command(argv):
+            raise error
+        return command
+
+    monkeypatch.delenv("LLAMA3_DEBUG", raising=False)
+    for error in (PermissionError(13, "Permission denied", "/read-only/runs"),
+                  RuntimeError("CUDA error: invalid device ordinal\nCUDA kernel errors might be reported later"),
+                  ValueError("a\n  multi-line\n  message")):
+        monkeypatch.setattr(pretrained, "generate_main", fail(error))
+        assert run(["generate", "Hi"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "Permission denied: '/read-only/runs'" in str(PermissionError(13, "Permission denied", "/read-only/runs"))
+    with pytest.raises(ValueError, match="multi-line"):
+        run(["generate", "Hi", "--debug"])
+    monkeypatch.setenv("LLAMA3_DEBUG", "1")
+    with pytest.raises(ValueError, match="multi-line"):
+        run(["generate", "Hi"])
+    monkeypatch.setattr(pretrained, "generate_main", fail(KeyboardInterrupt()))
+    monkeypatch.delenv("LLAMA3_DEBUG")
+    assert run(["generate", "Hi"]) == 130
+
+
+def test_an_error_after_streaming_starts_on_its_own_line(tiny_folder, capsys):
+    """The prompt is streamed before generation starts: if generation then fails (here the prompt is longer than
+    max_seq_len), stdout ends the line, so the error is not glued to the prompt."""
+    prompt = "Once upon a time " * 20
+    assert run(["generate", prompt, "--model", str(tiny_folder)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == prompt + "\n"
+    assert captured.err.startswith("error: The prompt has")
+
+
+def test_help_shows_each_default_once_and_both_temperatures(capsys):
+    for command in ("generate", "eval"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "(default: None)" not in text
+        for option in text.split(" --")[1:]:  # each option's help, as wrapped by argparse
+            assert option.count("(default:") <= 1, option
+        assert "(default: 8)" in text if command == "eval" else "(default: 300)" in text
+        if command == "generate":
+            assert "--temperature TEMPERATURE 0 is greedy (default: 0.8; the API's generate/generate_kv default: 1.0)" \
+                in text
+            assert "(default: 0.95; the API's default: 1.0)" in text
+            assert "--device DEVICE cpu, cuda, cuda:N or mps (default: cpu)" in text
 
 
 def test_evaluate_equals_the_models_own_loss_on_a_text_within_one_window(tiny_folder):
@@ -123,6 +218,14 @@ def test_eval_command_prints_loss_perplexity_and_bits_per_byte(tiny_folder, tmp_
     assert "perplexity:" in out
     with pytest.raises(FileNotFoundError, match="text file"):
         main(["eval", str(tmp_path / "missing.txt"), "--model", str(tiny_folder)])
+
+
+def test_eval_with_a_negative_batch_size_fails_in_a_fresh_process():
+    """The issue's case verbatim: it used to exit 0 printing loss 0.0000."""
+    result = subprocess.run([sys.executable, "-m", "llama3", "eval", "--batch-size", "-1"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "python -m llama3 eval: error: argument --batch-size: must be >= 1, got -1"
 
 
 # ------------------------------------------------------------------------------------------ the shipped model

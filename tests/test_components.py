@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llama3 import FFN, KV_Cache, ModelArgs, MultiHeadGQAttention, RMSNorm, RoPE, build_attention_mask
+from llama3.attention import check_attention_mask, grouped_sdpa
 from llama3.config import ffn_hidden_size
 from llama3.rope import apply_rotary, rope_frequencies
 from tests.conftest import tiny_args
@@ -241,3 +242,32 @@ def test_attention_mask_shapes_and_self_visibility():
     offset = build_attention_mask(None, 2, start_pos=3)
     assert offset[0, 0].tolist() == [[True] * 4 + [False], [True] * 5]
     assert F.softmax(torch.zeros(4).masked_fill(~mask[0, 0, 0], float("-inf")), -1).isfinite().all()
+
+
+@pytest.mark.parametrize("seq", [1, 5])
+def test_grouped_sdpa_equals_attention_with_repeated_kv_heads(seq):
+    """The GQA fold (one query row: a group's heads become rows of their K/V head) and enable_gqa both equal plain
+    attention on K/V heads repeated in repeat_interleave order, with and without a padding mask."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, seq, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    padding = torch.ones(2, 9, dtype=torch.long)
+    padding[1, :3] = 0
+    # no mask: one query row sees every key; several rows on top of a cache need the offset mask
+    causal = None if seq == 1 else build_attention_mask(None, seq, 9 - seq)
+    for mask in (causal, build_attention_mask(padding, seq, 9 - seq)):
+        scores = q @ k.repeat_interleave(2, 1).transpose(-2, -1) / math.sqrt(8)  # (2, 4, seq, 9)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        expected = scores.softmax(-1) @ v.repeat_interleave(2, 1)
+        torch.testing.assert_close(grouped_sdpa(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_check_attention_mask_names_each_problem():
+    check_attention_mask(torch.tensor([[0, 1], [1, 1]]), (2, 2))
+    check_attention_mask(torch.tensor([[False, True], [True, True]]), (2, 2))
+    for mask, phrase in ((torch.ones(4), "must have shape"), (torch.tensor([[1, 3], [1, 1]]), "only 0"),
+                         (torch.tensor([[0, 0], [1, 1]]), "row 0 has no real token")):
+        with pytest.raises(ValueError, match=phrase):
+            check_attention_mask(mask, (2, 2))
+    with pytest.raises(TypeError, match="must be a tensor"):
+        check_attention_mask([[1, 1]], (1, 2))

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from llama3 import Llama3, ModelArgs
 from llama3.config import validate_rope_scaling
+from llama3.convert import args_from_hf_config, args_from_meta_params, hf_config_from_args
 from tests.conftest import tiny_args
 
 transformers = pytest.importorskip("transformers")
@@ -231,12 +232,12 @@ def test_hf_config_round_trip():
                      tie_embeddings=True, norm_eps=1e-6, rope_theta=500000.0,
                      rope_scaling={"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                    "original_max_position_embeddings": 16}, ffn_hidden_dim=80)  # defaults elsewhere
-    config = args.to_hf_config()
+    config = hf_config_from_args(args)
     assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
             config.intermediate_size, config.tie_word_embeddings) == (32, 4, 2, 16, 80, True)
-    back = ModelArgs.from_hf_config(config)
+    back = args_from_hf_config(config)
     assert back == args
-    assert ModelArgs.from_hf_config(config.to_dict()) == args
+    assert args_from_hf_config(config.to_dict()) == args
 
 
 def test_transformers_4_and_5_config_layouts_agree(tmp_path):
@@ -249,13 +250,13 @@ def test_transformers_4_and_5_config_layouts_agree(tmp_path):
     v4 = {**common, "rope_theta": 500000.0, "rope_scaling": scaling}
     v5 = {**common, "rope_parameters": {**scaling, "rope_theta": 500000.0}}
     (tmp_path / "config.json").write_text(json.dumps(v4))
-    from_v4 = ModelArgs.from_hf_config(tmp_path / "config.json")
-    from_v5 = ModelArgs.from_hf_config(v5)
+    from_v4 = args_from_hf_config(tmp_path / "config.json")
+    from_v5 = args_from_hf_config(v5)
     assert from_v4 == from_v5
     assert (from_v4.rope_theta, from_v4.rope_scaling["factor"], from_v4.group_size, from_v4.head_dim) == (
         500000.0, 32.0, 4, 16)
     # no scaling: rope_parameters with rope_type "default"
-    plain = ModelArgs.from_hf_config({**common, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})
+    plain = args_from_hf_config({**common, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})
     assert plain.rope_scaling is None and plain.rope_theta == 1e4
 
 
@@ -266,7 +267,7 @@ def test_rope_frequencies_match_transformers():
     args = tiny_args(rope_theta=500000.0, rope_scaling={"factor": 32.0, "low_freq_factor": 1.0,
                                                         "high_freq_factor": 4.0,
                                                         "original_max_position_embeddings": 16})
-    theirs = LlamaRotaryEmbedding(config=args.to_hf_config()).inv_freq
+    theirs = LlamaRotaryEmbedding(config=hf_config_from_args(args)).inv_freq
     torch.testing.assert_close(Llama3(args).rope.inv_freq, theirs, atol=0, rtol=1e-6)
 
 
@@ -397,9 +398,7 @@ def count_parameters(args: ModelArgs) -> int:
 def test_real_release_configs_give_the_published_sizes():
     """Llama 3.2 1B has 1,235,814,400 parameters and Llama 3.1 8B 8,030,261,248 (their model cards' 1.24B / 8.03B);
     the HF config and Meta's params.json of 3.2 1B describe the same model once Meta's factor is set to 32."""
-    from llama3.convert import args_from_meta_params
-
-    from_hf = ModelArgs.from_hf_config(LLAMA32_1B_CONFIG)
+    from_hf = args_from_hf_config(LLAMA32_1B_CONFIG)
     from_meta = args_from_meta_params(LLAMA32_1B_PARAMS, rope_scaling={"factor": 32.0}, tie_embeddings=True)
     assert from_hf.hidden_dim == from_meta.hidden_dim == 8192
     assert (from_hf.group_size, from_hf.head_dim, from_hf.max_seq_len) == (4, 64, 131072)
@@ -409,3 +408,32 @@ def test_real_release_configs_give_the_published_sizes():
     llama31 = args_from_meta_params(LLAMA31_8B_PARAMS)
     assert llama31.hidden_dim == 14336 and llama31.rope_scaling["factor"] == 8.0
     assert count_parameters(llama31) == 8_030_261_248
+
+
+def test_a_config_without_a_required_key_names_the_file_and_the_key(tmp_path):
+    folder = saved_hf_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["intermediate_size"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json has no intermediate_size: a Llama config"):
+        Llama3.from_hf(folder)
+    with pytest.raises(ValueError, match="the config has no intermediate_size"):
+        args_from_hf_config(config)
+
+
+def test_broken_json_in_hf_and_meta_folders_names_the_file(tmp_path):
+    folder = saved_hf_folder(tmp_path / "hf")
+    (folder / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json is not valid JSON"):
+        Llama3.from_hf(folder)
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json is not valid JSON"):
+        Llama3.from_pretrained(folder)
+    (folder / "config.json").write_text('["llama"]')
+    with pytest.raises(ValueError, match=rf"{folder}/config\.json holds a JSON list, not an object"):
+        Llama3.from_hf(folder)
+
+    meta = tmp_path / "meta"
+    write_meta_folder(meta, hf_llama(**LLAMA32_SHAPE), META_PARAMS)
+    (meta / "params.json").write_text("[]")
+    with pytest.raises(ValueError, match=rf"{meta}/params\.json holds a JSON list"):
+        Llama3.from_meta(meta)

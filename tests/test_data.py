@@ -1,5 +1,8 @@
 """llama3.data: finding the text, lossless tokenisation, the uint16 cache, seeded random windows, clear errors."""
 
+import gzip
+import hashlib
+import io
 import random
 
 import numpy as np
@@ -51,11 +54,133 @@ def test_environment_variable_is_the_default_source(stories, monkeypatch):
     assert load_text("train") == (stories / "TinyStories-train.part0.txt").read_text()
 
 
-def test_offline_without_a_path_says_how_to_give_one(monkeypatch):
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No path, no $LLAMA3_TINYSTORIES, no hub; announcements forgotten; a private data cache."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(data, "_announced", set())
+
+
+def sha256_of_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_offline_without_a_path_the_shipped_excerpt_is_used_and_said_once(offline, capsys):
+    train, valid = load_text("train"), load_text("validation")
+    # the sha256 values the excerpt's provenance note (assets/tinystories/README.md) gives for its two files
+    assert sha256_of_text(train) == "e7a2d40d0d1f2f6c25b9b3d6dc5159d6202bbf0f2c62c96276e2ccf8a988a0d3"
+    assert sha256_of_text(valid) == "f8f1499ca5274df8b7e8f8ff007c656d50ca1cbba27569026d6b9e1b043bf889"
+    readme = (data.EXCERPT_DIR / "README.md").read_text()
+    assert sha256_of_text(train) in readme and sha256_of_text(valid) in readme
+    assert train.count(EOS_TOKEN) == 2255 and valid.count(EOS_TOKEN) == 500
+    load_text("train")
+    err = capsys.readouterr().err
+    assert err.count("excerpt shipped") == 2  # once per split, not once per call
+    assert "hub is unreachable" in err
+
+
+def test_the_shipped_excerpt_is_small_licensed_and_never_mixes_the_splits(offline):
+    files = [data.EXCERPT_DIR / name for name in data.EXCERPT_FILES.values()]
+    assert sum(f.stat().st_size for f in files) <= 2_000_000
+    assert "Community Data License Agreement" in (data.EXCERPT_DIR / "LICENSE-CDLA-Sharing-1.0.txt").read_text()
+    stories = {split: {s.strip() for s in load_text(split).split(EOS_TOKEN) if s.strip()}
+               for split in ("train", "validation")}
+    assert not stories["train"] & stories["validation"]
+
+
+def test_offline_without_the_excerpt_says_how_to_give_a_path(offline, monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "EXCERPT_DIR", tmp_path / "no-excerpt")
     with pytest.raises(FileNotFoundError, match=data.ENV_VAR):
         load_text("train")
+
+
+class FakeHub:
+    """huggingface_hub.HfFileSystem standing in for the hub: a 5 MB file, reads recorded."""
+
+    content = ("".join(f"Story number {i} of the fake hub.\n{EOS_TOKEN}\n" for i in range(200_000))).encode()
+    reads: list = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def open(self, path, mode="rb", **kwargs):
+        FakeHub.reads.append((path, kwargs))
+        return io.BytesIO(FakeHub.content)
+
+    def info(self, path):
+        return {"size": 1_924_281_556}
+
+
+@pytest.fixture
+def online(offline, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(data, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", FakeHub)
+    FakeHub.reads = []
+
+
+def test_online_a_slice_is_read_with_one_ranged_request_and_cached(online, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    def no_full_download(*args, **kwargs):
+        raise AssertionError("the full file was downloaded without being asked for")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_full_download)
+    text = data.text_sample("train")
+    n = data.SLICE_BYTES["train"]
+    assert FakeHub.reads == [("datasets/roneneldan/TinyStories/TinyStories-train.txt",
+                              {"block_size": n, "cache_type": "none"})]
+    expected = FakeHub.content[:n].decode()
+    assert text == expected[: expected.rindex(EOS_TOKEN) + len(EOS_TOKEN)] + "\n"
+    [file] = text_files("train")
+    assert file.is_relative_to(tmp_path / "cache") and file.stat().st_size == n
+    assert load_text("train") == text  # the cached slice, whole stories only
+    assert len(FakeHub.reads) == 1  # read from the hub once
+
+
+def test_the_full_split_is_opt_in_and_says_its_size_first(online, monkeypatch, tmp_path, capsys):
+    import huggingface_hub
+
+    downloaded = tmp_path / "TinyStories-train.txt"
+    downloaded.write_text(f"A story.\n{EOS_TOKEN}\n")
+
+    def fake_download(repo, filename, repo_type):
+        assert "1.92 GB" in capsys.readouterr().err  # said before the download starts
+        assert (repo, filename, repo_type) == ("roneneldan/TinyStories", "TinyStories-train.txt", "dataset")
+        return str(downloaded)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert text_files("train", "hub") == [downloaded]
+
+
+def test_the_full_split_offline_is_refused(offline):
+    with pytest.raises(FileNotFoundError, match="unreachable"):
+        text_files("train", "hub")
+
+
+def test_a_sample_is_the_whole_stories_within_its_first_bytes(tmp_path, offline):
+    file = tmp_path / "stories.txt"
+    file.write_text(f"First story.\n{EOS_TOKEN}\nSecond story.\n{EOS_TOKEN}\nThird.\n{EOS_TOKEN}\n")
+    assert data.text_sample("train", file, max_bytes=53) == f"First story.\n{EOS_TOKEN}\n"  # 2nd ends at byte 54
+    assert data.text_sample("train", file, max_bytes=54) == f"First story.\n{EOS_TOKEN}\nSecond story.\n{EOS_TOKEN}\n"
+    with pytest.raises(ValueError, match="no complete story"):
+        data.text_sample("train", file, max_bytes=10)
+    with pytest.raises(ValueError, match="max_bytes"):
+        data.text_sample("train", file, max_bytes=0)
+    # offline, the default sample is the whole excerpt: it was cut to SLICE_BYTES the same way
+    assert data.text_sample("train") == load_text("train")
+    assert data.text_sample("validation") == load_text("validation")
+
+
+def test_compressed_files_in_a_folder_are_read(tmp_path):
+    folder = tmp_path / "gz"
+    folder.mkdir()
+    with gzip.open(folder / "TinyStories-train.part0.txt.gz", "wt", encoding="utf-8") as f:
+        f.write(f"Zipped story.\n{EOS_TOKEN}\n")
+    assert load_text("train", folder) == f"Zipped story.\n{EOS_TOKEN}\n"
 
 
 def test_bad_paths_and_splits_are_refused(tmp_path):

@@ -65,16 +65,45 @@ def test_text_prompts_with_the_real_tokenizer(tokenizer):
     assert "[PAD]" not in batch[1]
 
 
-def test_stops_at_eos_per_row_and_at_max_seq_len(make_model):
+def first(row: list[int], token: int) -> int:
+    return row.index(token)
+
+
+@pytest.mark.parametrize("path", ["generate", "generate_kv", "readable"])
+def test_a_row_stops_at_its_eos_is_padded_after_it_and_the_loop_ends_when_all_rows_have(make_model, path):
+    """The oracle is a free run (no EOS): with EOS, each row must equal its free run up to and including its first
+    EOS, then hold the pad token; the loop must end at the step where the last row emits EOS."""
+    model = make_model(seed=6, max_seq_len=40, pad_token_id=96)
+    run = {"generate": model.generate, "generate_kv": model.generate_kv,
+           "readable": lambda *a, **k: model.generate_kv(*a, fast=False, **k)}[path]
+    base = torch.randint(0, 96, (6,), generator=torch.Generator().manual_seed(5))
+    solo = model.generate_kv(base[None], max_new_tokens=2, temperature=0)[0]
+    # row 1 is row 0 two greedy tokens ahead, so it meets any token of row 0's continuation two steps earlier
+    ids = torch.stack([torch.cat([torch.tensor([96, 96]), base]), solo])
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    free = run(ids, attention_mask=mask, max_new_tokens=20, temperature=0, eos_token_id=None)[:, 8:].tolist()
+    assert free[1][:18] == free[0][2:20]  # the construction holds
+    eos = next(t for j, t in enumerate(free[0]) if j >= 4 and t not in free[0][:j])
+    stop0, stop1 = first(free[0], eos), first(free[1], eos)
+    assert stop1 == stop0 - 2
+    out = run(ids, attention_mask=mask, max_new_tokens=20, temperature=0, eos_token_id=eos)[:, 8:].tolist()
+    assert len(out[0]) == stop0 + 1  # stopped when the last row finished, not at max_new_tokens
+    assert out[0] == free[0][:stop0 + 1]
+    assert out[1] == free[1][:stop1 + 1] + [96] * (stop0 - stop1)  # padded after its EOS
+    # an EOS that only row 0 meets: row 1 goes on to max_new_tokens, unchanged by row 0 stopping
+    only0 = [t for t in free[0] if t not in free[1]]
+    assert only0, "the construction needs a token that row 0 meets and row 1 does not"
+    stop0 = first(free[0], only0[0])
+    out = run(ids, attention_mask=mask, max_new_tokens=20, temperature=0, eos_token_id=only0[0])[:, 8:].tolist()
+    assert out[1] == free[1] and out[0] == free[0][:stop0 + 1] + [96] * (19 - stop0)
+
+
+def test_stops_at_max_seq_len(make_model):
     model = make_model(max_seq_len=20)
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(5))
-    free = model.generate_kv(prompt, max_new_tokens=100, temperature=0)
-    assert free.shape == (2, 20)  # stopped by max_seq_len, not by max_new_tokens
-    eos = int(free[0, 6])  # the third greedy token of row 0 becomes EOS
-    out = model.generate_kv(prompt, max_new_tokens=100, temperature=0, eos_token_id=eos)
-    first_eos_row0 = (out[0, 4:] == eos).nonzero()[0].item()
-    assert first_eos_row0 <= 2
-    assert torch.equal(out, model.generate(prompt, max_new_tokens=100, temperature=0, eos_token_id=eos))
+    assert model.generate_kv(prompt, max_new_tokens=100, temperature=0).shape == (2, 20)
+    assert model.generate(prompt, max_new_tokens=100, temperature=0).shape == (2, 20)
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(make_model):
@@ -114,6 +143,9 @@ def test_sampling_follows_the_filtered_distribution():
     (dict(temperature=-0.1), ValueError, "temperature must be >= 0"),
     (dict(top_k=0), ValueError, "top_k must be >= 1"),
     (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
+    (dict(temperature=float("nan")), ValueError, "temperature must be >= 0 and finite"),
+    (dict(temperature=float("inf")), ValueError, "temperature must be >= 0 and finite"),
+    (dict(top_p=float("nan")), ValueError, "top_p must be in"),
 ])
 def test_bad_sampling_arguments_are_refused(make_model, kwargs, error, phrase):
     model = make_model()
@@ -137,3 +169,38 @@ def test_bad_prompts_are_refused(make_model, tokenizer):
         model.generate_kv(42)
     with pytest.raises(ValueError, match="longer than max_seq_len=16"):
         model(torch.ones(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("ids,phrase", [
+    (torch.tensor([[1, 2, 97]]), "Token id 97 is outside the vocabulary \\[0, 97\\)"),
+    (torch.tensor([[1, -1, 3]]), "Token id -1 is outside the vocabulary"),
+])
+def test_token_ids_outside_the_vocabulary_are_refused(make_model, ids, phrase):
+    model = make_model()
+    for call in (model, model.generate, model.generate_kv):
+        with pytest.raises(ValueError, match=phrase):
+            call(ids) if call is model else call(ids, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("mask,phrase", [
+    (torch.ones(3, 2, dtype=torch.long), r"attention_mask must have shape \(batch, seq\) = \(2, 3\), got \(3, 2\)"),
+    (torch.ones(6, dtype=torch.long), "must have shape"),
+    (torch.tensor([[1, 1, 1], [0, 2, 1]]), "only 0 \\(padding\\) and 1"),
+    (torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0]]), "only 0 \\(padding\\) and 1"),
+    (torch.tensor([[1, 1, 1], [0, 0, 0]]), "row 1 has no real token"),
+])
+def test_bad_attention_masks_are_refused_by_forward_and_generate(make_model, mask, phrase):
+    model = make_model()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    for call in (lambda: model(ids, mask), lambda: model.generate(ids, attention_mask=mask, max_new_tokens=2),
+                 lambda: model.generate_kv(ids, attention_mask=mask, max_new_tokens=2)):
+        with pytest.raises(ValueError, match=phrase):
+            call()
+
+
+def test_generation_refuses_right_padding(make_model):
+    model = make_model()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match="row 1 has padding \\(0\\) after a real token.*LEFT padding"):
+        model.generate_kv(ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), max_new_tokens=2)
+    model(ids, torch.tensor([[1, 1, 1], [1, 1, 0]]))  # forward takes any 0/1 mask (training pads on the right)

@@ -1,7 +1,9 @@
-"""CUDA checks: bfloat16 generation through the flash kernel, and a bf16-autocast training step."""
+"""CUDA checks: bfloat16 generation through the flash kernel (the test prints which SDPA backends ran), a padded
+batch on a masked kernel, CUDA-graph decoding, and a bf16-autocast training step."""
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llama3 import Llama3
 from tests.conftest import tiny_args
@@ -16,19 +18,46 @@ def make_cuda_model(dtype):
     return Llama3(args).to("cuda", dtype).eval()
 
 
-def test_bf16_generate_kv_with_the_flash_kernel_tracks_float32():
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def sdpa_ops(fn) -> set[str]:
+    """The aten SDPA operators (one per backend: flash, efficient, cudnn, math) that ``fn()`` ran."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events() if "scaled_dot_product" in e.name and e.name.startswith("aten::_")}
 
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_generate_kv_runs_on_the_flash_kernel_and_tracks_float32(fast):
+    """CUDA's flash kernel takes no attn_mask: an unpadded prompt must prefill with is_causal=True and every decode
+    step run without a mask. With SDPA restricted to flash, any other call would fail with "No available kernel"."""
     model32 = make_cuda_model(torch.float32)
     model16 = make_cuda_model(torch.bfloat16)
     prompt = torch.randint(0, 512, (2, 32), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    out = {}
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
-        out = model16.generate_kv(prompt, max_new_tokens=20, temperature=0)
+        ops = sdpa_ops(lambda: out.update(tokens=model16.generate_kv(prompt, max_new_tokens=20, temperature=0,
+                                                                     fast=fast)))
         logits16 = model16(prompt).logits.float()
-    assert out.shape == (2, 52)
+    print(f"SDPA backends that ran (fast={fast}): {sorted(ops)}")
+    assert ops == {"aten::_scaled_dot_product_flash_attention"}
+    assert out["tokens"].shape == (2, 52)
     logits32 = model32(prompt).logits
     scale = logits32.abs().max()
     assert (logits16 - logits32).abs().max() / scale < 0.05  # bf16 keeps about 3 significant digits
+
+
+def test_padded_batch_falls_back_to_a_masked_kernel_and_keeps_each_row():
+    """Left padding needs a mask, which flash refuses: SDPA picks another kernel; each row keeps its tokens."""
+    model = make_cuda_model(torch.float32)  # float32: the padded and the lone row agree to the last bit or nearly
+    g = torch.Generator("cuda").manual_seed(2)
+    ids = torch.randint(0, 512, (2, 24), device="cuda", generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :8] = 0
+    out = {}
+    ops = sdpa_ops(lambda: out.update(batch=model.generate_kv(ids, attention_mask=mask, max_new_tokens=12,
+                                                               temperature=0)))
+    print(f"SDPA backends that ran with left padding: {sorted(ops)}")
+    alone = model.generate_kv(ids[1:, 8:], max_new_tokens=12, temperature=0)
+    assert torch.equal(out["batch"][1, 24:], alone[0, 16:])
 
 
 def test_bf16_autocast_training_step():

@@ -175,3 +175,13 @@ def test_ddp_two_processes_give_the_losses_of_one_process_on_the_same_global_bat
         assert losses(rows)[step] == pytest.approx(loss, abs=1e-5)
     for step, loss in losses(single, "val_loss").items():
         assert losses(rows, "val_loss")[step] == pytest.approx(loss, abs=1e-5)
+
+
+def test_the_default_warmup_fits_a_short_run():
+    # `python -m llama3 train --steps 5` (a smoke test) must not be refused for its default warm-up of 100 steps
+    short, usual = TrainConfig(steps=5), TrainConfig()
+    short.validate()
+    assert short.warmup_steps == 5 and usual.warmup_steps == 100
+    assert TrainConfig(steps=5, warmup_steps=2).warmup_steps == 2
+    args = train_module.build_parser().parse_args(["--steps", "5"])  # as `python -m llama3 train --steps 5` does
+    assert TrainConfig(**vars(args)).warmup_steps == 5

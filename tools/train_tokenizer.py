@@ -41,7 +41,8 @@ def train_tokenizer(data: str | Path | None, vocab_size: int = 4096) -> PreTrain
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=None, help="TinyStories text file or folder (default: $LLAMA3_TINYSTORIES)")
+    parser.add_argument("--data", default=None, help="TinyStories text file or folder (default: $LLAMA3_TINYSTORIES, "
+                        "a slice of the hub, or the shipped excerpt)")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--out", required=True, help="folder to save the tokenizer into")
     args = parser.parse_args(argv)
