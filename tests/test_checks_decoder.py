@@ -6,9 +6,9 @@ from torch import nn
 from llama3 import DecoderLayer
 from llama3.attention import MultiHeadGQAttention
 from llama3.checks import check_decoder_layer
-from llama3.checks._common import CheckFailed
 from llama3.ffn import FFN
 from llama3.norm import RMSNorm
+from tests.checks_util import assert_named
 
 
 class WrittenOutLayer(nn.Module):
@@ -94,6 +94,32 @@ class RenamedNorm(DecoderLayer):
         raise AssertionError("never reached: the weights cannot be loaded")
 
 
+class SharedNorm(DecoderLayer):
+    """One RMSNorm module for both sub-layers."""
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.ffn_norm = self.attention_norm
+
+
+class AttentionNormTwice(DecoderLayer):
+    def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos)
+        return h + self.feed_forward(self.attention_norm(h))
+
+
+class EpsNotPassed(WrittenOutLayer):
+    def __init__(self, args):
+        super().__init__(args)
+        self.attention_norm, self.ffn_norm = RMSNorm(args.d_model), RMSNorm(args.d_model)
+
+
+class FFNSizeNotPassed(WrittenOutLayer):
+    def __init__(self, args):
+        super().__init__(args)
+        self.feed_forward = FFN(args.d_model, args.multiple_of)
+
+
 class NotImplementedLayer(DecoderLayer):
     def forward(self, x, cos, sin, mask=None, kv_cache=None, start_pos=0):
         raise NotImplementedError("decoder_layer: replace this line with your implementation")
@@ -105,20 +131,25 @@ def test_correct_layers_pass(cls, capsys):
     assert "PASSED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cls, hint", [
+MISTAKES = [
     (PostNorm, "POST-norm"),
-    (NoAttentionResidual, "attention residual is missing"),
-    (NoFFNResidual, "feed-forward residual is missing"),
-    (NoResidual, "Both residual connections are missing"),
+    (NoAttentionResidual, "the attention residual is missing"),
+    (NoFFNResidual, "the feed-forward residual is missing"),
+    (NoResidual, "both residual connections are missing"),
     (NormsSwapped, "are swapped"),
-    (Parallel, "feed-forward reads x instead of h"),
-    (ResidualOfNormed, "residual adds the NORMALISED input"),
+    (Parallel, "the feed-forward reads x instead of h"),
+    (ResidualOfNormed, "the residual adds the NORMALISED input"),
+    (SharedNorm, "one module shared by both sub-layers"),
+    (AttentionNormTwice, "attention_norm is used for both branches"),
+    (EpsNotPassed, "args.norm_eps=0.5 is not passed to the RMSNorms"),
+    (FFNSizeNotPassed, "args' FFN fields are not passed on"),
     (MaskDropped, "the mask is ignored"),
     (CacheDropped, "attends only to itself"),
     (RenamedNorm, "parameter names differ"),
     (NotImplementedLayer, "not solved yet"),
-])
-def test_planted_mistakes_get_their_own_hint(cls, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_decoder_layer(cls)
+]
 
+
+@pytest.mark.parametrize("cls, hint", MISTAKES)
+def test_planted_mistakes_get_their_own_hint(cls, hint):
+    assert_named(check_decoder_layer, cls, hint, [h for _, h in MISTAKES] + ["Check, in order"])

@@ -1,7 +1,6 @@
 """check_rmsnorm and check_ffn accept correct classes and reject each planted mistake with its own hint."""
 
 import math
-import re
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 
 from llama3 import FFN, RMSNorm
 from llama3.checks import check_ffn, check_rmsnorm
-from llama3.checks._common import CheckFailed
+from tests.checks_util import assert_named
 
 
 # ------------------------------------------------------------------------------------------------------ RMSNorm
@@ -51,6 +50,20 @@ class MeanAbsRMSNorm(RMSNorm):
         return self.weight * (x32 / (x32.abs().mean(-1, keepdim=True) + self.eps)).type_as(x)
 
 
+class MeanNotSquaredRMSNorm(RMSNorm):
+    """mean(x) instead of mean(x^2): NaN wherever a row's mean is negative, although eps is inside the root."""
+
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+class HardCodedEpsRMSNorm(RMSNorm):
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).type_as(x)
+
+
 class WeightBeforeCastRMSNorm(RMSNorm):
     def forward(self, x):
         x32 = x.float()
@@ -68,16 +81,20 @@ def test_rmsnorm_correct_solutions_pass(solution, capsys):
     assert capsys.readouterr().out.startswith("PASSED RMSNorm")
 
 
-@pytest.mark.parametrize("planted,phrase", [
+RMSNORM_MISTAKES = [
     (NoEpsRMSNorm, "the eps is missing"),
     (LayerNormLikeRMSNorm, "that is LayerNorm"),
     (MeanAbsRMSNorm, "mean of |x|"),
+    (MeanNotSquaredRMSNorm, "you take the mean of x, not of x^2"),
+    (HardCodedEpsRMSNorm, "the eps passed to __init__ is not used"),
     (WeightBeforeCastRMSNorm, "the weight is applied before the cast"),
     (NoUpcastRMSNorm, "statistics are computed in bfloat16"),
-])
+]
+
+
+@pytest.mark.parametrize("planted,phrase", RMSNORM_MISTAKES)
 def test_rmsnorm_planted_mistakes_are_named(planted, phrase):
-    with pytest.raises(CheckFailed, match=re.escape(phrase)):
-        check_rmsnorm(planted)
+    assert_named(check_rmsnorm, planted, phrase, [p for _, p in RMSNORM_MISTAKES] + ["add eps inside"])
 
 
 # ---------------------------------------------------------------------------------------------------------- FFN
@@ -153,18 +170,26 @@ def test_ffn_correct_solutions_pass(solution, capsys):
     assert capsys.readouterr().out.startswith("PASSED FFN")
 
 
-@pytest.mark.parametrize("planted,phrase", [
+class HiddenDimIgnoredFFN(FFN):
+    def __init__(self, d_model, multiple_of=256, ffn_dim_multiplier=None, hidden_dim=None):
+        super().__init__(d_model, multiple_of, ffn_dim_multiplier, None)
+
+
+FFN_MISTAKES = [
     (ReluFFN, "ReLU is used where Llama uses SiLU"),
     (GeluFFN, "GELU is used where Llama uses SiLU"),
     (SwappedGateUpFFN, "gate and up are swapped"),
     (FloorRoundingFFN, "rounded DOWN"),
     (UnroundedFFN, "not rounded up to a multiple of multiple_of"),
     (MultiplierIgnoredFFN, "ffn_dim_multiplier is ignored"),
-    (BiasFFN, "bias=False"),
-])
+    (HiddenDimIgnoredFFN, "the explicit hidden_dim=40 is ignored"),
+    (BiasFFN, "has bias parameters"),
+]
+
+
+@pytest.mark.parametrize("planted,phrase", FFN_MISTAKES)
 def test_ffn_planted_mistakes_are_named(planted, phrase):
-    with pytest.raises(CheckFailed, match=re.escape(phrase)):
-        check_ffn(planted)
+    assert_named(check_ffn, planted, phrase, [p for _, p in FFN_MISTAKES])
 
 
 def test_llama3_8b_hidden_size_is_14336():

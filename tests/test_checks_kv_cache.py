@@ -1,14 +1,12 @@
 """check_kv_cache accepts correct caches and rejects each planted mistake with its own hint."""
 
-import re
-
 import pytest
 import torch
 from torch import nn
 
 from llama3 import KV_Cache
 from llama3.checks import check_kv_cache
-from llama3.checks._common import CheckFailed
+from tests.checks_util import assert_named
 
 
 class IndexCopyCache(nn.Module):
@@ -91,6 +89,30 @@ class SilentOverflowCache(KV_Cache):
         return super().update(start_pos, k, v)
 
 
+class LengthOffByOneCache(KV_Cache):
+    """Writes and returns the right positions but counts one too few."""
+
+    def update(self, start_pos, k, v):
+        out = super().update(start_pos, k, v)
+        self.seq_len = start_pos + k.shape[2] - 1
+        return out
+
+
+class ReturnsOneTooManyCache(KV_Cache):
+    def update(self, start_pos, k, v):
+        super().update(start_pos, k, v)
+        return self.k_cache[:k.shape[0], :, :self.seq_len + 1], self.v_cache[:k.shape[0], :, :self.seq_len + 1]
+
+
+class WritesOnePositionLateCache(KV_Cache):
+    def update(self, start_pos, k, v):
+        batch, _, seq, _ = k.shape
+        self.k_cache[:batch, :, start_pos + 1:start_pos + 1 + seq] = k
+        self.v_cache[:batch, :, start_pos + 1:start_pos + 1 + seq] = v
+        self.seq_len = start_pos + seq
+        return self.k_cache[:batch, :, :self.seq_len], self.v_cache[:batch, :, :self.seq_len]
+
+
 class IgnoresDtypeCache(KV_Cache):
     def __init__(self, max_batch_size, n_kv_heads, max_seq_len, head_dim, dtype=torch.float32, device=None):
         super().__init__(max_batch_size, n_kv_heads, max_seq_len, head_dim, torch.float32, device)
@@ -102,16 +124,21 @@ def test_correct_solutions_pass(solution, capsys):
     assert capsys.readouterr().out.startswith("PASSED KV_Cache")
 
 
-@pytest.mark.parametrize("planted,phrase", [
+MISTAKES = [
     (NotAdvancingCache, "the cache does not advance"),
+    (LengthOffByOneCache, "seq_len is off by one"),
+    (ReturnsOneTooManyCache, "the returned length is off by one"),
+    (WritesOnePositionLateCache, "off by one from [start_pos, start_pos + T)"),
     (OverwritingCache, "overwrote earlier positions"),
     (OnlyNewPositionsCache, "returns only the new positions"),
     (WholeBufferCache, "returns the whole buffer"),
     (SwappedCache, "keys and values are swapped"),
     (ConcatenatingCache, "the buffer was reallocated"),
     (SilentOverflowCache, "did not raise"),
-    (IgnoresDtypeCache, "allocated in the given dtype"),
-])
+    (IgnoresDtypeCache, "not allocated in the given dtype"),
+]
+
+
+@pytest.mark.parametrize("planted,phrase", MISTAKES)
 def test_planted_mistakes_are_named(planted, phrase):
-    with pytest.raises(CheckFailed, match=re.escape(phrase)):
-        check_kv_cache(planted)
+    assert_named(check_kv_cache, planted, phrase, [p for _, p in MISTAKES])

@@ -1,12 +1,15 @@
 """check_llama3 and check_loss accept correct solutions and reject each planted mistake with its own hint."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from llama3 import Llama3
+from llama3 import DecoderLayer, Llama3, RMSNorm, RoPE
 from llama3.checks import check_llama3, check_loss
-from llama3.checks._common import CheckFailed
+from tests.checks_util import assert_named
 
 
 # --------------------------------------------------------------------------------------------------- the loss
@@ -69,21 +72,68 @@ def test_correct_losses_pass(fn, capsys):
     assert "PASSED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fn, hint", [
-    (loss_without_shift, "labels are not shifted"),
-    (loss_counting_padding, "Padding is counted"),
+LOSS_MISTAKES = [
+    (loss_without_shift, "the labels are not shifted"),
+    (loss_counting_padding, "padding is counted in the loss"),
     (loss_counting_prediction_from_padding, "its input is a padding token"),
-    (loss_shift_reversed, "shift goes the wrong way"),
-    (loss_summed, "The loss is a sum"),
+    (loss_shift_reversed, "the shift goes the wrong way"),
+    (loss_summed, "the loss is a sum"),
     (loss_mean_of_rows, "averages each row first"),
-    (loss_ignoring_minus_100_by_zeroing, "-100 must be ignored"),
-])
+    (loss_ignoring_minus_100_by_zeroing, "-100 are not ignored"),
+]
+
+
+@pytest.mark.parametrize("fn, hint", LOSS_MISTAKES)
 def test_planted_loss_mistakes_get_their_own_hint(fn, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_loss(fn)
+    assert_named(check_loss, fn, hint, [h for _, h in LOSS_MISTAKES])
 
 
 # -------------------------------------------------------------------------------------------------- the model
+class WrittenOutLlama3(nn.Module):
+    """An independent correct solution: the package's layers, but the forward (positions, the causal and padding
+    mask with its offset, the cache plumbing, the loss and the output object) written out here."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.d_model)
+        self.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)
+        self.layers = nn.ModuleList([DecoderLayer(args) for _ in range(args.num_layers)])
+        self.norm = RMSNorm(args.d_model, args.norm_eps)
+        self.output = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def forward(self, tgt, attention_mask=None, labels=None, *, kv_caches=None, start_pos=0, position_ids=None,
+                logits_to_keep=0):
+        batch, seq = tgt.shape
+        total = start_pos + seq  # keys: every position so far
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(start_pos, total)
+            else:  # each row counts from its first real token
+                counted = torch.cumsum(attention_mask.long(), dim=-1) - 1
+                position_ids = torch.where(counted < 0, torch.zeros_like(counted), counted)[:, start_pos:]
+        cos, sin = self.rope.cos_sin(position_ids)
+        mask = None
+        if attention_mask is not None or (start_pos > 0 and seq > 1):
+            queries = torch.arange(start_pos, total).view(seq, 1)
+            keys = torch.arange(total).view(1, total)
+            allowed = (keys <= queries).view(1, 1, seq, total)
+            if attention_mask is not None:
+                allowed = (allowed & (attention_mask.view(batch, 1, 1, total) == 1)) | (keys == queries)
+            mask = allowed
+        h = self.tok_embeddings(tgt)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, kv_caches[i] if kv_caches is not None else None, start_pos)
+        h = self.norm(h)
+        logits = self.output(h[:, -logits_to_keep:] if logits_to_keep else h)
+        loss = None
+        if labels is not None:
+            loss = loss_written_out(logits, labels, attention_mask)
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
 class _Wrapped(Llama3):
     """Base for planted mistakes: the reference forward with one piece swapped out."""
 
@@ -167,29 +217,87 @@ class KeepsFirstLogits(_Wrapped):
         return out
 
 
+class RopeFromDModel(_Wrapped):
+    def __init__(self, args):
+        super().__init__(args)
+        self.rope = RoPE(args.d_model, args.rope_theta, args.rope_scaling)
+
+
+class ThetaNotPassed(_Wrapped):
+    def __init__(self, args):
+        super().__init__(args)
+        self.rope = RoPE(args.head_dim)
+
+
+class ScalingNotPassed(_Wrapped):
+    def __init__(self, args):
+        super().__init__(args)
+        self.rope = RoPE(args.head_dim, args.rope_theta)
+
+
+class NormEpsNotPassed(_Wrapped):
+    def __init__(self, args):
+        super().__init__(args)
+        self.norm = RMSNorm(args.d_model)
+
+
+class AlwaysTied(_Wrapped):
+    def __init__(self, args):
+        super().__init__(args)
+        self.output.weight = self.tok_embeddings.weight
+
+
+class NeverTied(WrittenOutLlama3):
+    def __init__(self, args):
+        super().__init__(args)
+        self.output = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+
+class WrongLossInside(_Wrapped):
+    """A correct model whose loss (the notebook's exercise 1) is still wrong."""
+
+    loss = staticmethod(loss_without_shift)
+
+
 class ReturnsTensor(Llama3):
     def forward(self, tgt, attention_mask=None, labels=None, **kwargs):
         return super().forward(tgt, attention_mask, labels, **kwargs).logits
 
 
-def test_reference_model_passes(capsys):
-    check_llama3(Llama3)
+@pytest.mark.parametrize("cls", [Llama3, WrittenOutLlama3])
+def test_correct_models_pass(cls, capsys):
+    check_llama3(cls)
     assert "PASSED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cls, hint", [
-    (NoFinalNorm, "final RMSNorm is missing"),
-    (LayersNotChained, "Each layer reads the embeddings"),
+MODEL_MISTAKES = [
+    (NoFinalNorm, "the final RMSNorm is missing"),
+    (LayersNotChained, "each layer reads the embeddings"),
     (ReturnsProbabilities, "returns probabilities"),
     (PositionsNotAdvanced, "positions are not advanced with the cache"),
     (CacheIgnored, "the cache is not used"),
     (MaskIgnored, "attention_mask is ignored"),
-    (LossWithoutShift, "labels are not shifted"),
-    (LossCountingPadding, "Padding is counted"),
-    (LossAlways, "must be None when no labels"),
-    (KeepsFirstLogits, "keeps the LAST k positions"),
-    (ReturnsTensor, "an object with .logits and .loss"),
-])
+    (LossWithoutShift, "the labels are not shifted"),
+    (LossCountingPadding, "padding is counted in the loss"),
+    (LossAlways, "not None although no labels are given"),
+    (KeepsFirstLogits, "keeps the FIRST position"),
+    (ReturnsTensor, "not an object with .logits and .loss"),
+    (RopeFromDModel, "RoPE is built for d_model=32 dimensions"),
+    (ThetaNotPassed, "does not reach RoPE (yours uses RoPE's default theta)"),
+    (ScalingNotPassed, "args.rope_scaling does not reach RoPE"),
+    (NormEpsNotPassed, "args.norm_eps=0.1 does not reach it"),
+    (AlwaysTied, "tied to the embedding although args.tie_embeddings is False"),
+    (NeverTied, "args.tie_embeddings is True but the output head has its own weight"),
+]
+
+
+@pytest.mark.parametrize("cls, hint", MODEL_MISTAKES)
 def test_planted_model_mistakes_get_their_own_hint(cls, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_llama3(cls)
+    assert_named(check_llama3, cls, hint, [h for _, h in MODEL_MISTAKES] + ["raised RuntimeError"])
+
+
+def test_model_cascade_names_the_loss_mistake_and_takes_an_explicit_loss():
+    error = assert_named(check_llama3, WrongLossInside, "Fix notebook 06, exercise 1 (causal_lm_loss) first",
+                         [h for c, h in MODEL_MISTAKES if c is not LossWithoutShift])
+    assert "the labels are not shifted" in error.what
+    assert_named(check_llama3, Llama3, "exercise 1 (causal_lm_loss) first", loss=loss_summed)

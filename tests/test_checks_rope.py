@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from llama3.checks import check_rope
-from llama3.checks._common import CheckFailed
-from llama3.rope import RoPE, rope_frequencies
+from llama3.rope import RoPE, apply_rotary, rope_frequencies
+from tests.checks_util import assert_named
 
 
 class MetaComplexRoPE(torch.nn.Module):
@@ -80,6 +80,11 @@ class Float16RoPE(RoPE):
         return super().forward(x.float(), positions)
 
 
+class ScalingIgnoredRoPE(RoPE):
+    def __init__(self, head_dim, theta=500000.0, rope_scaling=None):
+        super().__init__(head_dim, theta, None)
+
+
 class UnsolvedRoPE(RoPE):
     def forward(self, x, positions=0):
         raise NotImplementedError("rope: write forward")
@@ -91,19 +96,50 @@ def test_correct_solutions_pass(solution, capsys):
     assert capsys.readouterr().out.startswith("PASSED RoPE")
 
 
-@pytest.mark.parametrize("planted,phrase", [
+ROPE_MISTAKES = [
     (HalfSplitRoPE, "rotates ADJACENT pairs"),
     (MissingFactorTwoRoPE, "the factor 2 is missing"),
     (PositiveExponentRoPE, "the sign of the exponent is flipped"),
     (OffsetIgnoredRoPE, "position offset is ignored"),
     (TensorPositionsIgnoredRoPE, "position offset is ignored"),
     (HardCodedThetaRoPE, "`theta` argument is ignored"),
-    (Float16RoPE, "cast back with .type_as(x)"),
+    (Float16RoPE, "output dtype torch.float32, expected the input's torch.bfloat16"),
+    (ScalingIgnoredRoPE, "`rope_scaling` argument is ignored"),
     (UnsolvedRoPE, "not solved yet"),
-])
+]
+
+
+@pytest.mark.parametrize("planted,phrase", ROPE_MISTAKES)
 def test_planted_mistakes_are_named(planted, phrase):
-    with pytest.raises(CheckFailed, match=__import__("re").escape(phrase)):
-        check_rope(planted)
+    assert_named(check_rope, planted, phrase, [p for _, p in ROPE_MISTAKES])
+
+
+class NotebookRoPE(RoPE):
+    """The notebook's RoPE: its forward calls the global apply_rotary, which the tests swap for a wrong one."""
+
+    def forward(self, x, positions=0):
+        if isinstance(positions, int):
+            positions = torch.arange(positions, positions + x.shape[1])
+        cos, sin = self.cos_sin(positions)
+        return apply_rotary(x, cos, sin)  # the notebook's own (exercise 1), found by its global name
+
+
+def test_rope_with_a_wrong_apply_rotary_says_fix_exercise_1_first(monkeypatch):
+    """The cascade of the issue: a correct RoPE on top of a backwards apply_rotary is not blamed for the angles."""
+    monkeypatch.setitem(globals(), "apply_rotary", backwards_apply_rotary)
+    error = assert_named(check_rope, NotebookRoPE, "Fix notebook 01, exercise 1 (apply_rotary) first",
+                         ["your angles"])
+    assert "turns the wrong way" in error.what  # the earlier check's own diagnosis travels with it
+
+
+def test_rope_cascade_uses_an_explicit_apply_rotary_first():
+    assert_named(check_rope, RoPE, "exercise 1 (apply_rotary) first", apply_rotary=half_split_apply_rotary)
+
+
+def test_rope_with_the_learners_correct_apply_rotary_passes(monkeypatch, capsys):
+    monkeypatch.setitem(globals(), "apply_rotary", complex_apply_rotary)
+    check_rope(NotebookRoPE)
+    assert capsys.readouterr().out.startswith("PASSED RoPE")
 
 
 def test_checker_leaves_the_global_random_state_alone():
@@ -152,14 +188,24 @@ def test_apply_rotary_correct_solutions_pass(solution, capsys):
     assert capsys.readouterr().out.startswith("PASSED apply_rotary")
 
 
-@pytest.mark.parametrize("planted,phrase", [
+def bfloat16_apply_rotary(x, cos, sin):
+    """Computes in x's dtype: cos and sin are cast down to bfloat16, every product rounds."""
+    cos, sin = cos.type_as(x), sin.type_as(x)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+APPLY_ROTARY_MISTAKES = [
     (half_split_apply_rotary, "Hugging Face's rotate_half"),
     (concatenating_apply_rotary, "concatenated (torch.cat) instead of interleaved"),
     (backwards_apply_rotary, "turns the wrong way"),
-    (float32_apply_rotary, "return x's dtype"),
-])
+    (float32_apply_rotary, "expected x's dtype bfloat16"),
+    (bfloat16_apply_rotary, "computes the rotation in bfloat16"),
+]
+
+
+@pytest.mark.parametrize("planted,phrase", APPLY_ROTARY_MISTAKES)
 def test_apply_rotary_planted_mistakes_are_named(planted, phrase):
     from llama3.checks import check_apply_rotary
 
-    with pytest.raises(CheckFailed, match=__import__("re").escape(phrase)):
-        check_apply_rotary(planted)
+    assert_named(check_apply_rotary, planted, phrase, [p for _, p in APPLY_ROTARY_MISTAKES])

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from llama3.checks import check_lr_schedule, check_train_step
-from llama3.checks._common import CheckFailed
 from llama3.train import lr_schedule
+from tests.checks_util import assert_named
 
 
 def schedule_written_out(step, *, warmup_steps, total_steps, max_lr, min_lr):
@@ -67,18 +67,20 @@ def test_correct_schedules_pass(fn, capsys):
     assert "PASSED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fn, hint", [
-    (no_warmup, "There is no warm-up"),
+SCHEDULE_MISTAKES = [
+    (no_warmup, "there is no warm-up"),
     (decays_to_zero, "decays to 0 instead of min_lr"),
     (warmup_off_by_one, "warm-up is off by one"),
-    (linear_decay, "The decay is linear"),
+    (linear_decay, "the decay is linear"),
     (cosine_keeps_going, "the cosine keeps going"),
     (progress_not_shifted, "does not start at the end of the warm-up"),
-    (returns_none, "return a number"),
-])
+    (returns_none, "not a number"),
+]
+
+
+@pytest.mark.parametrize("fn, hint", SCHEDULE_MISTAKES)
 def test_planted_mistakes_get_their_own_hint(fn, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_lr_schedule(fn)
+    assert_named(check_lr_schedule, fn, hint, [h for _, h in SCHEDULE_MISTAKES])
 
 
 # ------------------------------------------------------------------------------------------------ a training step
@@ -142,21 +144,49 @@ def step_loss_after_update(model, optimizer, x, y, lr, grad_clip):
         return F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()).item()
 
 
+def step_before_backward(model, optimizer, x, y, lr, grad_clip):
+    """Zeroes, steps, then computes the gradients: the update always sees no gradients."""
+    optimizer.zero_grad()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+    optimizer.step()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    return loss.item()
+
+
+def step_with_last_gradients(model, optimizer, x, y, lr, grad_clip):
+    """Steps on the previous call's gradients, then computes this call's."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+    optimizer.step()
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    return loss.item()
+
+
 @pytest.mark.parametrize("fn", [step_written_out, _step])
 def test_correct_steps_pass(fn, capsys):
     check_train_step(fn)
     assert "PASSED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fn, hint", [
+STEP_MISTAKES = [
     (step_without_zero_grad, "gradients are never reset"),
     (step_ignoring_lr, "learning rate passed in is not used"),
     (step_without_clipping, "not clipped"),
     (step_clipping_after_update, "not clipped"),
     (step_shifting_twice, "shifted twice"),
-    (step_returning_nothing, "return the loss as a float"),
-    (step_loss_after_update, "computed before the update"),
-])
+    (step_returning_nothing, "not the loss as a float"),
+    (step_loss_after_update, "not the loss of the weights before the update"),
+    (step_before_backward, "the weights never change"),
+    (step_with_last_gradients, "optimizer.step() runs between the forward pass and loss.backward()"),
+]
+
+
+@pytest.mark.parametrize("fn, hint", STEP_MISTAKES)
 def test_planted_step_mistakes_get_their_own_hint(fn, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_train_step(fn)
+    assert_named(check_train_step, fn, hint, [h for _, h in STEP_MISTAKES])

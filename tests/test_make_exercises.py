@@ -178,6 +178,40 @@ def test_malformed_markers_are_refused_naming_notebook_and_cell(tmp_path, capsys
     assert not (tmp_path / "notebooks").exists()
 
 
+@pytest.mark.parametrize("line", [
+    "#### BEGIN SOLUTION", "### BEGIN SOLUTON", "### begin solution", "###BEGIN SOLUTION", "# END SOLUTION",
+    "### END  SOLUTION", "### BEGIN SOLUTION here", "    ## END SOLUTION", "### BEGIN HIDDEN TESTS", "# HINT: a hint",
+    "### hint: a hint", "### HINT a hint",
+])
+@pytest.mark.parametrize("metadata", [{}, "exercise"], ids=["plain-cell", "exercise-cell"])
+def test_marker_typos_are_refused_anywhere_naming_file_cell_and_line(tmp_path, capsys, line, metadata):
+    """A mis-spelt marker would ship the solution (`return 42` reached a student notebook): refuse it, in a cell with
+    or without nbgrader metadata, naming notebook, cell and line."""
+    meta = exercise_meta("f") if metadata == "exercise" else {}
+    source = f"def f():\n    ### BEGIN SOLUTION\n    x = 1\n{line}\n    return 42\n    ### END SOLUTION\n"
+    if metadata != "exercise":
+        source = f"def f():\n{line}\n    return 42\n"
+    sols = tmp_path / "solutions"
+    write_solution(sols, "07_typo.ipynb", [new_markdown_cell("# title"), new_code_cell(source, metadata=meta)])
+    with pytest.raises(make_exercises.MarkerError) as err:
+        make_exercises.render(sols / "07_typo.ipynb")
+    message = str(err.value)
+    lineno = source.splitlines().index(line) + 1
+    assert "07_typo.ipynb, cell 1" in message and f"line {lineno}" in message and line.strip() in message
+    assert "### BEGIN SOLUTION" in message  # says how the markers are spelled
+    assert make_exercises.main(["--solutions", str(sols), "--notebooks", str(tmp_path / "notebooks")]) == 2
+    assert not (tmp_path / "notebooks").exists()
+
+
+def test_marker_typos_in_markdown_are_refused_but_hint_headings_are_not(tmp_path):
+    bad = write_solution(tmp_path / "a", "01_md.ipynb", [new_markdown_cell("#### BEGIN SOLUTION\nthe answer")])
+    with pytest.raises(make_exercises.MarkerError, match="line 1"):
+        make_exercises.render(bad)
+    fine = write_solution(tmp_path / "b", "01_md.ipynb", [new_markdown_cell("## Hint\n\n# The end\n\n## Beginning"),
+                                                          new_code_cell("# the end of the loop\nx = 1")])
+    assert "## Hint" in make_exercises.render(fine)
+
+
 def test_markdown_answer_and_tabs(tmp_path):
     md = new_markdown_cell("Why?\n\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION", metadata=exercise_meta("why"))
     code = new_code_cell("if True:\n\t### BEGIN SOLUTION\n\tx = 1\n\t### END SOLUTION\n", metadata=exercise_meta("x"))

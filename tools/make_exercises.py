@@ -20,7 +20,9 @@ The output is deterministic (nbformat's sorted, indented JSON), so ``--check`` c
     python tools/make_exercises.py --check    # exit 1 and name the stale files if notebooks/ is out of date
 
 Malformed markers (BEGIN without END, END without BEGIN, nested blocks, markers in a cell without nbgrader
-``solution: true`` metadata, an exercise cell without a block) are refused with an error naming notebook and cell.
+``solution: true`` metadata, an exercise cell without a block) are refused with an error naming notebook and cell,
+and so is any line that looks like a marker but is not spelled exactly as one (``#### BEGIN SOLUTION``,
+``### begin solution``, ``### BEGIN SOLUTON``, ``# HINT: ...``), in any cell: a typo can never ship a solution.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ USES_TAG = "uses-exercise"
 TRANSIENT_CELL_METADATA = ("execution", "ExecuteTime")
 
 _MARKER = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>### (?:BEGIN|END) SOLUTION)[ \t]*$")
+# a comment line that looks like a marker (any number of #, any case, typos in SOLUTION, nbgrader's hidden tests) but
+# is not spelled as one: refused everywhere, so that a typo can never ship a solution to learners
+_MARKER_LIKE = re.compile(r"^[ \t]*#+[ \t]*(?:begin|end)[ \t_-]*(?:sol\w*|hidden[ \t_-]*tests?)\b", re.IGNORECASE)
+_HINT_LIKE = re.compile(r"^[ \t]*#+[ \t]*hint\b", re.IGNORECASE)
+_HINT_LINE = re.compile(r"^[ \t]*### HINT:")
+SPELLING = (f"the markers are exactly '{BEGIN}', '{END}' and '{HINT} <text>' (three #, capitals, one space), "
+            f"each alone on its line")
 
 
 class MarkerError(ValueError):
@@ -59,6 +68,18 @@ def _where(nb_name: str, index: int, cell) -> str:
     label = f"cell {index}" + (f" (grade_id {grade_id!r})" if grade_id else "")
     first = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
     return f"{nb_name}, {label}, starting {first[:60]!r}"
+
+
+def _refuse_marker_typos(nb_name: str, index: int, cell) -> None:
+    """Raise MarkerError for a line that looks like a marker but is not one the tool reads (any cell)."""
+    for lineno, line in enumerate(cell.source.splitlines(), start=1):
+        if _MARKER.match(line):
+            continue
+        typo = _MARKER_LIKE.match(line) or (
+            cell.cell_type == "code" and _HINT_LIKE.match(line) and not _HINT_LINE.match(line))
+        if typo:
+            raise MarkerError(f"{_where(nb_name, index, cell)}, line {lineno}: {line.strip()!r} looks like a solution "
+                              f"marker but is not spelled as one, so it would not hide anything; {SPELLING}")
 
 
 def _nbgrader(cell) -> dict:
@@ -149,6 +170,7 @@ def make_student_notebook(nb, nb_name: str):
     """Return the student twin of the solution notebook ``nb`` (a new NotebookNode; ``nb`` is not modified)."""
     nb = copy.deepcopy(nb)
     for index, cell in enumerate(nb.cells):
+        _refuse_marker_typos(nb_name, index, cell)
         meta = _nbgrader(cell)
         has_markers = any(_MARKER.match(line) for line in cell.source.splitlines())
         where = _where(nb_name, index, cell)

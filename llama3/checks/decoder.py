@@ -7,10 +7,12 @@ residual, the norms swapped, ...) and names the one that matches.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from llama3.attention import build_attention_mask
-from llama3.checks._common import build, call, close, copy_weights, fail, passed
+from llama3.checks._common import build, call, checker, close, copy_weights, fail, passed
 from llama3.config import ModelArgs
 from llama3.decoder import DecoderLayer
 from llama3.kv_cache import KV_Cache
@@ -20,9 +22,9 @@ WHAT = "DecoderLayer"
 ATOL = 1e-4  # same operations on the same float32 weights: only summation order may differ
 
 
-def _args(d_model: int, heads: int, group_size: int, use_flash: bool) -> ModelArgs:
+def _args(d_model: int, heads: int, group_size: int, use_flash: bool, **extra) -> ModelArgs:
     return ModelArgs(vocab_size=64, d_model=d_model, heads=heads, group_size=group_size, num_layers=1,
-                     max_seq_len=32, multiple_of=16, use_flash=use_flash)
+                     max_seq_len=32, multiple_of=16, use_flash=use_flash, **extra)
 
 
 def _reference(args: ModelArgs, seed: int) -> DecoderLayer:
@@ -34,8 +36,8 @@ def _reference(args: ModelArgs, seed: int) -> DecoderLayer:
     return layer
 
 
-def _wirings(ref: DecoderLayer, x, cos, sin, mask) -> dict[str, tuple[torch.Tensor, str]]:
-    """Wrong ways to wire the same sub-modules, each with the hint that names the mistake."""
+def _wirings(ref: DecoderLayer, x, cos, sin, mask) -> list[tuple[torch.Tensor, str, str]]:
+    """Wrong ways to wire the same sub-modules: (output, what is wrong, how to fix it)."""
     def attn(y):
         return ref.attention(y, cos, sin, mask)
 
@@ -43,33 +45,36 @@ def _wirings(ref: DecoderLayer, x, cos, sin, mask) -> dict[str, tuple[torch.Tens
     h = x + attn(n1(x))
     h_no_res = attn(n1(x))
     post = n1(x + attn(x))
-    return {
-        "post-norm": (n2(post + ffn(post)),
-                      "This is POST-norm (norm(x + attention(x)), as in the 2017 Transformer). Llama is PRE-norm: "
-                      "normalise the input of each branch and add the branch to the un-normalised x: "
-                      "h = x + attention(attention_norm(x))."),
-        "no residual": (ffn(n2(h_no_res)),
-                        "Both residual connections are missing: add each branch's output to its input "
-                        "(h = x + ..., out = h + ...)."),
-        "no attention residual": (h_no_res + ffn(n2(h_no_res)),
-                                  "The attention residual is missing: h = x + attention(attention_norm(x)), "
-                                  "not h = attention(attention_norm(x))."),
-        "no ffn residual": (ffn(n2(h)),
-                            "The feed-forward residual is missing: out = h + feed_forward(ffn_norm(h)), "
-                            "not out = feed_forward(ffn_norm(h))."),
-        "norms swapped": (x + attn(n2(x)) + ffn(n1(x + attn(n2(x)))),
-                          "attention_norm and ffn_norm are swapped: attention_norm goes before the attention, "
-                          "ffn_norm before the feed-forward."),
-        "parallel": (h + ffn(n2(x)),
-                     "The feed-forward reads x instead of h: the two branches run in sequence, "
-                     "out = h + feed_forward(ffn_norm(h)) with h the output of the attention branch."),
-        "residual of normed": (n2(n1(x) + attn(n1(x))) + ffn(n2(n1(x) + attn(n1(x)))),
-                               "The residual adds the NORMALISED input: add the branch to x itself "
-                               "(h = x + attention(attention_norm(x))); only the branch input is normalised."),
-        "no norms": (x + attn(x) + ffn(x + attn(x)),
-                     "The norms are missing: apply attention_norm before the attention and ffn_norm before "
-                     "the feed-forward."),
-    }
+    pre_norm = ("h = x + self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos); "
+                "return h + self.feed_forward(self.ffn_norm(h)).")
+    default_eps = copy.deepcopy(ref)
+    default_eps.attention_norm.eps = default_eps.ffn_norm.eps = 1e-5
+    return [
+        (n2(post + ffn(post)),
+         "this is POST-norm (norm(x + attention(x)), as in the 2017 Transformer); Llama is PRE-norm.",
+         "normalise the input of each branch and add the branch to the un-normalised x: " + pre_norm),
+        (ffn(n2(h_no_res)), "both residual connections are missing.",
+         "add each branch's output to its input: " + pre_norm),
+        (h_no_res + ffn(n2(h_no_res)), "the attention residual is missing.",
+         "h = x + attention(attention_norm(x)), not h = attention(attention_norm(x))."),
+        (ffn(n2(h)), "the feed-forward residual is missing.",
+         "out = h + feed_forward(ffn_norm(h)), not out = feed_forward(ffn_norm(h))."),
+        (x + attn(n2(x)) + ffn(n1(x + attn(n2(x)))), "attention_norm and ffn_norm are swapped.",
+         "attention_norm goes before the attention, ffn_norm before the feed-forward: " + pre_norm),
+        (h + ffn(n1(h)), "attention_norm is used for both branches; the feed-forward branch has its own ffn_norm "
+         "(with its own weight).", "return h + self.feed_forward(self.ffn_norm(h))."),
+        (x + attn(n2(x)) + ffn(n2(x + attn(n2(x)))), "ffn_norm is used for both branches; the attention branch has "
+         "its own attention_norm (with its own weight).", "self.attention(self.attention_norm(x), ...)."),
+        (h + ffn(n2(x)), "the feed-forward reads x instead of h: the two branches run in sequence.",
+         "out = h + feed_forward(ffn_norm(h)) with h the output of the attention branch."),
+        (n2(n1(x) + attn(n1(x))) + ffn(n2(n1(x) + attn(n1(x)))),
+         "the residual adds the NORMALISED input; only the branch input is normalised.",
+         "add the branch to x itself: " + pre_norm),
+        (x + attn(x) + ffn(x + attn(x)), "the norms are missing.",
+         "apply attention_norm before the attention and ffn_norm before the feed-forward: " + pre_norm),
+        (default_eps(x, cos, sin, mask), f"args.norm_eps={ref.attention_norm.eps:g} is not passed to the RMSNorms "
+         f"(yours use eps=1e-5).", "RMSNorm(args.d_model, eps=args.norm_eps) for both norms."),
+    ]
 
 
 def _compare(out, expected, ref, x, cos, sin, mask, what: str) -> None:
@@ -80,19 +85,37 @@ def _compare(out, expected, ref, x, cos, sin, mask, what: str) -> None:
     if close(out, expected, atol=ATOL):
         return
     with torch.no_grad():
-        for hint in (hint for wrong, hint in _wirings(ref, x, cos, sin, mask).values() if close(out, wrong, atol=ATOL)):
-            fail(f"{what}: {hint}")
+        for wrong, problem, fix in _wirings(ref, x, cos, sin, mask):
+            if close(out, wrong, atol=ATOL):
+                fail(f"{what}: {problem}", fix)
     err = (out.float() - expected.float()).abs().max().item()
-    fail(f"{what}: output differs from the reference (max abs error {err:.3g}). Expected "
-         f"h = x + attention(attention_norm(x), cos, sin, mask, kv_cache, start_pos); "
-         f"out = h + feed_forward(ffn_norm(h)).")
+    fail(f"{what}: output differs from the reference (max abs error {err:.3g}).",
+         "h = x + attention(attention_norm(x), cos, sin, mask, kv_cache, start_pos); "
+         "out = h + feed_forward(ffn_norm(h)).")
 
 
-def _check_config(cls, d_model: int, heads: int, group_size: int, use_flash: bool, seed: int) -> None:
-    args = _args(d_model, heads, group_size, use_flash)
-    where = f"{WHAT}(d_model={d_model}, heads={heads}, group_size={group_size}, use_flash={use_flash})"
+def _check_structure(learner, ref, where: str) -> None:
+    """Sub-modules named, separate, and sized from args (before the weights are loaded, which would hide sharing)."""
+    norms = (getattr(learner, "attention_norm", None), getattr(learner, "ffn_norm", None))
+    if norms[0] is not None and norms[0] is norms[1]:
+        fail(f"{where}: attention_norm and ffn_norm are one module shared by both sub-layers; each branch has its own "
+             f"norm with its own learned weight.",
+             "two modules: self.attention_norm = RMSNorm(args.d_model, eps=args.norm_eps) and self.ffn_norm = "
+             "RMSNorm(args.d_model, eps=args.norm_eps).")
+    mine_w1 = getattr(getattr(learner, "feed_forward", None), "w1", None)
+    if isinstance(mine_w1, torch.nn.Linear) and mine_w1.weight.shape != ref.feed_forward.w1.weight.shape:
+        fail(f"{where}: the feed-forward's hidden size is {mine_w1.weight.shape[0]}, expected "
+             f"{ref.feed_forward.w1.weight.shape[0]}: args' FFN fields are not passed on.",
+             "FFN(args.d_model, args.multiple_of, args.ffn_dim_multiplier, args.ffn_hidden_dim).")
+
+
+def _check_config(cls, d_model: int, heads: int, group_size: int, use_flash: bool, seed: int, **extra) -> None:
+    args = _args(d_model, heads, group_size, use_flash, **extra)
+    where = f"{WHAT}(d_model={d_model}, heads={heads}, group_size={group_size}, use_flash={use_flash}" + "".join(
+        f", {k}={v}" for k, v in extra.items()) + ")"
     ref = _reference(args, seed)
     learner = build(cls, args, what=where)
+    _check_structure(learner, ref, where)
     copy_weights(learner, ref, where)
     learner.eval()
     rope = RoPE(args.head_dim, args.rope_theta)
@@ -114,7 +137,8 @@ def _check_config(cls, d_model: int, heads: int, group_size: int, use_flash: boo
         out = call(learner, x, cos, sin, mask, what=f"{where}.forward(x, cos, sin, mask)")
         expected = ref(x, cos, sin, mask)
         if close(out, ref(x, cos, sin), atol=ATOL) and not close(expected, ref(x, cos, sin), atol=ATOL):
-            fail(f"{where}: the mask is ignored: pass mask on to self.attention(..., mask, kv_cache, start_pos).")
+            fail(f"{where}: the mask is ignored: padded keys are attended to.",
+                 "pass mask on: self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos).")
         _compare(out, expected, ref, x, cos, sin, mask, f"{where}, with a padding mask")
 
         # 3. cached decoding: a prefill of 4 positions, then one position at a time, against the full sequence
@@ -130,18 +154,23 @@ def _check_config(cls, d_model: int, heads: int, group_size: int, use_flash: boo
             out = call(learner, x[:, step], cos[:, step], sin[:, step], None, ours_cache, pos,
                        what=f"{where}.forward(x, cos, sin, None, kv_cache, start_pos={pos})")
             if isinstance(out, torch.Tensor) and close(out, ref(x[:, step], cos[:, step], sin[:, step]), atol=ATOL):
-                fail(f"{where}: with a KV cache, the new position attends only to itself: pass kv_cache and "
-                     f"start_pos on to self.attention(..., mask, kv_cache, start_pos).")
+                fail(f"{where}: with a KV cache, the new position attends only to itself: kv_cache and start_pos do "
+                     f"not reach the attention.",
+                     "pass them on: self.attention(self.attention_norm(x), cos, sin, mask, kv_cache, start_pos).")
             if not close(out, full[:, step], atol=ATOL):
                 err = float("nan")
                 if isinstance(out, torch.Tensor) and out.shape == full[:, step].shape:
                     err = (out.float() - full[:, step]).abs().max().item()
                 fail(f"{where}: cached decoding at start_pos={pos} differs from the full-sequence output (max abs "
-                     f"error {err:.3g}): pass kv_cache and start_pos on to self.attention unchanged.")
+                     f"error {err:.3g}).", "pass kv_cache and start_pos on to self.attention unchanged.")
 
 
+@checker
 def check_decoder_layer(DecoderLayerClass) -> None:
     """Check a learner's ``DecoderLayer(args)`` with ``forward(x, cos, sin, mask=None, kv_cache=None, start_pos=0)``."""
     _check_config(DecoderLayerClass, d_model=32, heads=4, group_size=2, use_flash=True, seed=0)  # GQA
     _check_config(DecoderLayerClass, d_model=24, heads=3, group_size=1, use_flash=False, seed=1)  # odd sizes, MHA
+    # every field of args must reach its sub-module: a large norm_eps changes the output, an explicit FFN size too
+    _check_config(DecoderLayerClass, d_model=32, heads=4, group_size=4, use_flash=True, seed=2, norm_eps=0.5,
+                  ffn_hidden_dim=40)
     passed("DecoderLayer: pre-norm residual block matches the reference (causal, padded, cached; GQA and MHA).")

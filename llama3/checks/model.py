@@ -12,19 +12,27 @@ import inspect
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from llama3.checks._common import build, call, close, copy_weights, fail, passed
+from llama3.checks._common import build, call, checker, close, copy_weights, fail, passed, prerequisite
 from llama3.config import ModelArgs
 from llama3.kv_cache import KV_Cache
 from llama3.model import Llama3
+from llama3.rope import RoPE
+
+_REFERENCE_LOSS = inspect.getattr_static(Llama3, "loss").__func__
 
 LOSS_ATOL = 1e-5
 LOGITS_ATOL = 1e-4
 
 
 # ------------------------------------------------------------------------------------------------------ the loss
-def _loss_variants(logits, labels, attention_mask) -> dict[str, tuple[torch.Tensor, str]]:
-    """Wrong losses a learner is likely to write, each with the hint that names the mistake."""
+LOSS_FIX = ("F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), targets.reshape(-1), ignore_index=-100) with "
+            "targets = labels[:, 1:], set to -100 where attention_mask[:, 1:] & attention_mask[:, :-1] is 0.")
+
+
+def _loss_variants(logits, labels, attention_mask) -> list[tuple[torch.Tensor, str, str]]:
+    """Wrong losses a learner is likely to write: (value, what is wrong, how to fix it)."""
     vocab = logits.shape[-1]
     masked = labels  # labels with everything the reference ignores set to -100 (the shift is still to come)
     if attention_mask is not None:
@@ -35,47 +43,45 @@ def _loss_variants(logits, labels, attention_mask) -> dict[str, tuple[torch.Tens
     def ce(lg, lb):
         return F.cross_entropy(lg.reshape(-1, vocab).float(), lb.reshape(-1), ignore_index=-100)
 
-    variants = {
-        "no shift": (ce(logits, masked),
-                     "The labels are not shifted: logits[:, t] predicts labels[:, t + 1]. Compare "
-                     "logits[:, :-1] with labels[:, 1:] (the shift happens inside the loss, as in transformers)."),
-        "shift reversed": (ce(logits[:, 1:], masked[:, :-1]),
-                           "The shift goes the wrong way: logits[:, :-1] predicts labels[:, 1:], not "
-                           "logits[:, 1:] with labels[:, :-1]."),
-        "sum": (F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), masked[:, 1:].reshape(-1),
-                                ignore_index=-100, reduction="sum"),
-                "The loss is a sum: return the MEAN cross-entropy over the counted positions."),
-    }
+    variants = [
+        (ce(logits, masked), "the labels are not shifted: logits[:, t] predicts labels[:, t + 1].",
+         "compare logits[:, :-1] with labels[:, 1:] (the shift happens inside the loss, as in transformers)."),
+        (ce(logits[:, 1:], masked[:, :-1]),
+         "the shift goes the wrong way (logits[:, 1:] with labels[:, :-1]).",
+         "logits[:, :-1] predicts labels[:, 1:]."),
+        (F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), masked[:, 1:].reshape(-1), ignore_index=-100,
+                         reduction="sum"),
+         "the loss is a sum, not the mean over the counted positions.", "F.cross_entropy(..., reduction='mean')."),
+    ]
     if attention_mask is not None:
-        variants["padding counted"] = (
-            ce(logits[:, :-1], labels[:, 1:]),
-            "Padding is counted in the loss: ignore (label -100) every position whose input or target is padding, "
-            "i.e. where attention_mask[:, :-1] & attention_mask[:, 1:] is 0, before the cross-entropy.")
-        variants["prediction from padding counted"] = (
-            ce(logits[:, :-1], labels.masked_fill(attention_mask == 0, -100)[:, 1:]),
-            "The first real token of a left-padded row is counted, although its input is a padding token: a "
-            "position counts only when both its input and its target are real tokens "
-            "(attention_mask[:, :-1] & attention_mask[:, 1:]).")
-        variants["padding counted, no shift"] = (
-            ce(logits, labels),
-            "The labels are not shifted AND padding is counted: compare logits[:, :-1] with labels[:, 1:], and "
-            "ignore the positions where the input or the target is padding.")
+        variants += [
+            (ce(logits[:, :-1], labels[:, 1:]), "padding is counted in the loss.",
+             "ignore (label -100) every position whose input or target is padding, i.e. where "
+             "attention_mask[:, :-1] & attention_mask[:, 1:] is 0, before the cross-entropy."),
+            (ce(logits[:, :-1], labels.masked_fill(attention_mask == 0, -100)[:, 1:]),
+             "the first real token of a left-padded row is counted, although its input is a padding token.",
+             "a position counts only when both its input and its target are real tokens "
+             "(attention_mask[:, :-1] & attention_mask[:, 1:])."),
+            (ce(logits, labels), "the labels are not shifted AND padding is counted.",
+             "compare logits[:, :-1] with labels[:, 1:], and ignore the positions where the input or the target is "
+             "padding."),
+        ]
     # per-row means averaged: wrong whenever rows count different numbers of tokens
     rows = []
     for b in range(logits.shape[0]):
         lb = masked[b, 1:]
         if (lb != -100).any():
             rows.append(ce(logits[b:b + 1, :-1], lb[None]))
-    variants["mean of rows"] = (torch.stack(rows).mean(),
-                                "The loss averages each row first and then the rows: take one mean over every "
-                                "counted token of the batch (F.cross_entropy on the flattened tensors).")
+    variants.append((torch.stack(rows).mean(), "the loss averages each row first and then the rows.",
+                     "take one mean over every counted token of the batch (F.cross_entropy on the flattened "
+                     "tensors)."))
     return variants
 
 
 def _diagnose_loss(actual, logits, labels, attention_mask, what: str) -> None:
-    for wrong, hint in _loss_variants(logits, labels, attention_mask).values():
+    for wrong, problem, fix in _loss_variants(logits, labels, attention_mask):
         if close(actual, wrong, atol=LOSS_ATOL):
-            fail(f"{what}: {hint}")
+            fail(f"{what}: {problem}", fix)
 
 
 def _loss_cases():
@@ -96,6 +102,7 @@ def _loss_cases():
             ("a padded batch with -100", logits, labels_ignored, mask)]
 
 
+@checker
 def check_loss(loss_fn) -> None:
     """Check a learner's ``loss(logits, labels, attention_mask=None) -> scalar`` (a function, or a class with a
     ``loss`` static method) against ``Llama3.loss``."""
@@ -105,33 +112,42 @@ def check_loss(loss_fn) -> None:
         args = (logits, labels) if mask is None else (logits, labels, mask)
         actual = call(fn, *args, what=what)
         if not isinstance(actual, torch.Tensor):
-            fail(f"{what}: return a scalar tensor, got {type(actual).__name__}.")
+            fail(f"{what}: returned {type(actual).__name__}, not a scalar tensor.", LOSS_FIX)
         if actual.dim() != 0:
-            fail(f"{what}: return a scalar (the mean over counted tokens), got shape {tuple(actual.shape)}.")
+            fail(f"{what}: returned a tensor of shape {tuple(actual.shape)}, not a scalar (the mean over counted "
+                 f"tokens).", LOSS_FIX)
         expected = Llama3.loss(logits, labels, mask)
         if close(actual, expected, atol=LOSS_ATOL):
             continue
         _diagnose_loss(actual, logits, labels, mask, what)
         if mask is None and "-100" in name:
-            fail(f"{what}: labels equal to -100 must be ignored: F.cross_entropy(..., ignore_index=-100).")
-        fail(f"{what}: {actual.item():.6f}, expected {expected.item():.6f}. The loss is the mean cross-entropy of "
-             f"logits[:, :-1] against labels[:, 1:], ignoring -100 and positions whose input or target is padding.")
+            fail(f"{what}: labels equal to -100 are not ignored.", "F.cross_entropy(..., ignore_index=-100).")
+        fail(f"{what}: {actual.item():.6f}, expected {expected.item():.6f}.", "the loss is the mean cross-entropy of "
+             "logits[:, :-1] against labels[:, 1:], ignoring -100 and positions whose input or target is padding.")
     # a mathematical property: uniform logits give log(V) whatever the labels
     uniform = torch.zeros(2, 5, 7)
     labels = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
     value = call(fn, uniform, labels, what="loss on uniform logits")
     if not close(value, torch.tensor(torch.log(torch.tensor(7.0)).item()), atol=LOSS_ATOL):
-        fail("loss on uniform logits: expected log(vocab) = log 7; use the mean cross-entropy (natural log).")
+        fail("loss on uniform logits: not log(vocab) = log 7.", "the mean cross-entropy (natural log).")
     passed("loss: shifted cross-entropy, -100 and padding ignored, as in transformers.")
 
 
 # ------------------------------------------------------------------------------------------------------ the model
-def _args(seed: int) -> ModelArgs:
-    if seed == 0:  # GQA, the flash path
-        return ModelArgs(vocab_size=61, d_model=32, heads=4, group_size=2, num_layers=2, max_seq_len=24,
-                         multiple_of=16, use_flash=True)
-    return ModelArgs(vocab_size=50, d_model=24, heads=3, group_size=1, num_layers=3, max_seq_len=24,  # odd sizes
-                     multiple_of=16, use_flash=False)
+# Llama 3.1's scaling with a short original context, so that it changes the angles of the positions checked
+SHORT_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                 "original_max_position_embeddings": 64}
+
+
+def _args(seed: int, **overrides) -> ModelArgs:
+    if seed == 0:  # GQA, the flash path, rope scaling on a theta that is not RoPE's default
+        values = dict(vocab_size=61, d_model=32, heads=4, group_size=2, num_layers=2, max_seq_len=24, multiple_of=16,
+                      use_flash=True, rope_theta=100000.0, rope_scaling=SHORT_SCALING)
+    else:  # odd sizes, MHA, the manual path, Llama 2's theta, a large norm eps
+        values = dict(vocab_size=50, d_model=24, heads=3, group_size=1, num_layers=3, max_seq_len=24, multiple_of=16,
+                      use_flash=False, rope_theta=10000.0, norm_eps=0.1)
+    values.update(overrides)
+    return ModelArgs(**values)
 
 
 def _reference(args: ModelArgs, seed: int) -> Llama3:
@@ -158,42 +174,87 @@ def _by_hand(ref: Llama3, tgt, *, final_norm=True, chain=True, positions=None, r
     return ref.output(ref.norm(h) if final_norm else h)
 
 
-def _forward_variants(ref: Llama3, tgt) -> dict[str, tuple[torch.Tensor, str]]:
+FORWARD_FIX = ("positions -> cos, sin = self.rope.cos_sin(positions); h = self.tok_embeddings(tgt); for each layer "
+               "h = layer(h, cos, sin, mask, kv_caches[i] or None, start_pos); logits = self.output(self.norm(h)).")
+
+
+def _forward_variants(ref: Llama3, tgt) -> list[tuple[torch.Tensor, str, str]]:
     correct = ref(tgt).logits
-    return {
-        "no final norm": (_by_hand(ref, tgt, final_norm=False),
-                          "The final RMSNorm is missing: apply self.norm to the last layer's output before "
-                          "self.output."),
-        "layers not chained": (_by_hand(ref, tgt, chain=False),
-                               "Each layer reads the embeddings instead of the previous layer's output: "
-                               "h = layer(h, cos, sin, ...) in the loop."),
-        "no rope": (_by_hand(ref, tgt, rope=False),
-                    "The positions never reach the layers (no rotation): compute cos, sin = "
-                    "self.rope.cos_sin(positions) and pass them to every layer."),
-        "probabilities": (correct.softmax(-1),
-                          "forward returns probabilities: return the raw logits (the loss and sampling apply "
-                          "the softmax themselves)."),
-        "log-probabilities": (correct.log_softmax(-1),
-                              "forward returns log-probabilities: return the raw logits of self.output."),
-    }
+    return [
+        (_by_hand(ref, tgt, final_norm=False), "the final RMSNorm is missing.",
+         "apply self.norm to the last layer's output before self.output."),
+        (_by_hand(ref, tgt, chain=False), "each layer reads the embeddings instead of the previous layer's output.",
+         "h = layer(h, cos, sin, ...) in the loop."),
+        (_by_hand(ref, tgt, rope=False), "the positions never reach the layers (no rotation).",
+         "compute cos, sin = self.rope.cos_sin(positions) and pass them to every layer."),
+        (correct.softmax(-1), "forward returns probabilities instead of logits.",
+         "return the raw logits of self.output (the loss and sampling apply the softmax themselves)."),
+        (correct.log_softmax(-1), "forward returns log-probabilities instead of logits.",
+         "return the raw logits of self.output."),
+    ]
 
 
 def _logits_of(out, what: str) -> torch.Tensor:
     logits = getattr(out, "logits", None)
     if logits is None:
-        fail(f"{what}: forward must return an object with .logits and .loss, e.g. CausalLMOutput(logits, loss); "
-             f"got {type(out).__name__}.")
+        fail(f"{what}: forward returned {type(out).__name__}, not an object with .logits and .loss.",
+             "return CausalLMOutput(logits=logits, loss=loss).")
     return logits
 
 
-def _expect_logits(logits, expected, what: str, hint: str) -> None:
+def _expect_logits(logits, expected, what: str, fix: str) -> None:
     if not isinstance(logits, torch.Tensor):
-        fail(f"{what}: .logits must be a tensor, got {type(logits).__name__}.")
+        fail(f"{what}: .logits is {type(logits).__name__}, not a tensor.", fix)
     if logits.shape != expected.shape:
-        fail(f"{what}: logits of shape {tuple(logits.shape)}, expected {tuple(expected.shape)} (batch, seq, vocab).")
+        fail(f"{what}: logits of shape {tuple(logits.shape)}, expected {tuple(expected.shape)} (batch, seq, vocab).",
+             fix)
     if not close(logits, expected, atol=LOGITS_ATOL):
         err = (logits.float() - expected.float()).abs().max().item()
-        fail(f"{what}: logits differ from the reference (max abs error {err:.3g}). {hint}")
+        fail(f"{what}: logits differ from the reference (max abs error {err:.3g}).", fix)
+
+
+def _check_structure(learner, args: ModelArgs, where: str) -> None:
+    """Each field of args reaches its sub-module: RoPE's head_dim, theta and scaling, the norm's eps, the tying."""
+    rope = getattr(learner, "rope", None)
+    if rope is None or not hasattr(rope, "cos_sin"):
+        fail(f"{where}: self.rope is missing (or has no cos_sin).",
+             "self.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling).")
+    positions = torch.tensor([0, 1, 7, 300, 5000])
+    got = call(rope.cos_sin, positions, what=f"{where}: self.rope.cos_sin(positions)")
+    cos = got[0] if isinstance(got, tuple | list) else got
+    rope_fix = "self.rope = RoPE(args.head_dim, args.rope_theta, args.rope_scaling)."
+    if not isinstance(cos, torch.Tensor):
+        fail(f"{where}: self.rope.cos_sin returned {type(got).__name__}, not (cos, sin).", rope_fix)
+    if cos.shape[-1] == args.d_model // 2 and args.d_model != args.head_dim:
+        fail(f"{where}: RoPE is built for d_model={args.d_model} dimensions, but each head rotates its own "
+             f"head_dim={args.head_dim} dimensions (RoPE acts on q and k after the split into heads).", rope_fix)
+    if cos.shape[-1] != args.head_dim // 2:
+        fail(f"{where}: self.rope gives {cos.shape[-1]} angles per position, expected head_dim / 2 = "
+             f"{args.head_dim // 2}.", rope_fix)
+    expected = RoPE(args.head_dim, args.rope_theta, args.rope_scaling).cos_sin(positions)[0]
+    if not close(cos, expected, atol=1e-4, rtol=1e-4):
+        if close(cos, RoPE(args.head_dim).cos_sin(positions)[0], atol=1e-4, rtol=1e-4):
+            fail(f"{where}: args.rope_theta={args.rope_theta:g} does not reach RoPE (yours uses RoPE's default theta).",
+                 rope_fix)
+        if close(cos, RoPE(args.head_dim, args.rope_theta).cos_sin(positions)[0], atol=1e-4, rtol=1e-4):
+            fail(f"{where}: args.rope_scaling does not reach RoPE (yours rotates without the Llama 3.1 scaling).",
+                 rope_fix)
+        fail(f"{where}: self.rope's angles differ from RoPE(args.head_dim, args.rope_theta, args.rope_scaling).",
+             rope_fix)
+    eps = getattr(getattr(learner, "norm", None), "eps", args.norm_eps)
+    if eps != args.norm_eps:
+        fail(f"{where}: the final norm has eps={eps:g}; args.norm_eps={args.norm_eps:g} does not reach it.",
+             "self.norm = RMSNorm(args.d_model, eps=args.norm_eps).")
+    embedding, output = getattr(learner, "tok_embeddings", None), getattr(learner, "output", None)
+    if isinstance(embedding, nn.Embedding) and isinstance(output, nn.Linear):
+        tied = output.weight is embedding.weight
+        if tied and not args.tie_embeddings:
+            fail(f"{where}: the output head is tied to the embedding although args.tie_embeddings is False (Llama 3 "
+                 f"8B and larger keep two matrices).",
+                 "tie only `if args.tie_embeddings: self.output.weight = self.tok_embeddings.weight`.")
+        if args.tie_embeddings and not tied:
+            fail(f"{where}: args.tie_embeddings is True but the output head has its own weight (Llama 3.2 1B and 3B "
+                 f"share one matrix).", "if args.tie_embeddings: self.output.weight = self.tok_embeddings.weight.")
 
 
 def _check_config(cls, seed: int) -> None:
@@ -202,6 +263,7 @@ def _check_config(cls, seed: int) -> None:
             f"num_layers={args.num_layers})"
     ref = _reference(args, seed)
     learner = build(cls, args, what=where)
+    _check_structure(learner, args, where)
     copy_weights(learner, ref, where)
     learner.eval()
     params = inspect.signature(learner.forward).parameters
@@ -217,12 +279,13 @@ def _check_config(cls, seed: int) -> None:
         expected = ref(tgt).logits
         if isinstance(logits, torch.Tensor) and logits.shape == expected.shape and not close(logits, expected,
                                                                                               atol=LOGITS_ATOL):
-            for wrong, hint in _forward_variants(ref, tgt).values():
+            for wrong, problem, fix in _forward_variants(ref, tgt):
                 if close(logits, wrong, atol=LOGITS_ATOL):
-                    fail(f"{what}: {hint}")
-        _expect_logits(logits, expected, what, "Embed, run every layer with the same cos/sin, final norm, output.")
+                    fail(f"{what}: {problem}", fix)
+        _expect_logits(logits, expected, what, FORWARD_FIX)
         if getattr(out, "loss", "missing") is not None:
-            fail(f"{what}: .loss must be None when no labels are given.")
+            fail(f"{what}: .loss is not None although no labels are given.",
+                 "loss = None if labels is None else self.loss(logits, labels, attention_mask).")
 
         # 2. the loss: labels = tgt, as a language model is trained
         what = f"{where}, forward(tgt, labels=tgt)"
@@ -232,8 +295,8 @@ def _check_config(cls, seed: int) -> None:
         if not close(loss, expected_loss, atol=LOSS_ATOL):
             if isinstance(loss, torch.Tensor) and loss.dim() == 0:
                 _diagnose_loss(loss, expected, tgt, None, what)
-            fail(f"{what}: .loss is {loss!r}, expected {expected_loss.item():.6f}: return "
-                 f"CausalLMOutput(logits, self.loss(logits, labels, attention_mask)) when labels are given.")
+            fail(f"{what}: .loss is {loss!r}, expected {expected_loss.item():.6f}.",
+                 "return CausalLMOutput(logits, self.loss(logits, labels, attention_mask)) when labels are given.")
 
         # 3. a left-padded batch: padding hidden, positions counted from each row's first real token
         mask = torch.ones(batch, seq, dtype=torch.long)
@@ -247,15 +310,18 @@ def _check_config(cls, seed: int) -> None:
                 and close(logits[real], ref_out.logits[real], atol=LOGITS_ATOL)):
             if isinstance(logits, torch.Tensor) and logits.shape == ref_out.logits.shape:
                 if close(logits[real], ref(tgt).logits[real], atol=LOGITS_ATOL):
-                    fail(f"{what}: attention_mask is ignored: build the mask with build_attention_mask("
-                         f"attention_mask, T, start_pos) and pass it to every layer.")
-            _expect_logits(logits, ref_out.logits, what, "Compare only real tokens: are padded keys hidden?")
+                    fail(f"{what}: attention_mask is ignored: padded tokens are attended to.",
+                         "build the mask with build_attention_mask(attention_mask, T, start_pos) and pass it to every "
+                         "layer; count positions from each row's first real token.")
+            _expect_logits(logits, ref_out.logits, what,
+                           "hide padded keys with build_attention_mask(attention_mask, T, start_pos), and count "
+                           "positions from each row's first real token: (attention_mask.cumsum(-1) - 1).clamp(min=0).")
         loss = getattr(out, "loss", None)
         if not close(loss, ref_out.loss, atol=LOSS_ATOL):
             if isinstance(loss, torch.Tensor) and loss.dim() == 0:
                 _diagnose_loss(loss, ref_out.logits, tgt, mask, what)
-            fail(f"{what}: .loss is {loss!r}, expected {ref_out.loss.item():.6f}: pass attention_mask to the loss "
-                 f"so that padding is ignored.")
+            fail(f"{what}: .loss is {loss!r}, expected {ref_out.loss.item():.6f}: padding is not ignored by the "
+                 f"loss.", "pass attention_mask to the loss: self.loss(logits, labels, attention_mask).")
 
         # 4. cached decoding: prefill 4, a chunk of 2, then single tokens, against the full forward
         full_seq = 10
@@ -273,35 +339,52 @@ def _check_config(cls, seed: int) -> None:
                     and not close(logits, expected, atol=LOGITS_ATOL):
                 if close(logits, ref(chunk).logits, atol=LOGITS_ATOL) or \
                         close(logits, ref(chunk, position_ids=torch.arange(start, end)).logits, atol=LOGITS_ATOL):
-                    fail(f"{what}: the cache is not used: pass kv_caches[i] and start_pos to layer i, so that the "
-                         f"new tokens attend to the cached positions.")
+                    fail(f"{what}: the cache is not used: the new tokens do not attend to the cached positions.",
+                         "pass kv_caches[i] and start_pos to layer i.")
                 stale = [KV_Cache(batch, args.n_kv_heads, full_seq, args.head_dim) for _ in range(args.num_layers)]
                 ref(ids[:, :start], kv_caches=stale)
                 if close(logits, ref(chunk, kv_caches=stale, start_pos=start,
                                      position_ids=torch.arange(end - start)).logits, atol=LOGITS_ATOL):
-                    fail(f"{what}: positions are not advanced with the cache: the new tokens sit at positions "
-                         f"start_pos, ..., start_pos + T - 1 (torch.arange(start_pos, start_pos + T)).")
+                    fail(f"{what}: positions are not advanced with the cache: the new tokens are rotated as if they "
+                         f"started at position 0.",
+                         "the new tokens sit at positions torch.arange(start_pos, start_pos + T).")
             _expect_logits(logits, expected, what,
-                           "Cached decoding must give the logits of the full sequence at those positions: positions "
+                           "cached decoding must give the logits of the full sequence at those positions: positions "
                            "from start_pos, kv_caches[i] and start_pos passed to layer i.")
 
         # 5. optional keyword-only arguments, when the learner's forward takes them
         if "logits_to_keep" in params:
             what = f"{where}, forward(tgt, logits_to_keep=1)"
             logits = _logits_of(call(learner, tgt, logits_to_keep=1, what=what), what)
-            _expect_logits(logits, ref(tgt).logits[:, -1:], what,
-                           "logits_to_keep=k keeps the LAST k positions: h[:, -k:] before self.output.")
+            kept = ref(tgt).logits
+            if isinstance(logits, torch.Tensor) and close(logits, kept[:, :1], atol=LOGITS_ATOL):
+                fail(f"{what}: logits_to_keep=1 keeps the FIRST position; it keeps the LAST k positions.",
+                     "h = h[:, -logits_to_keep:] before self.output.")
+            _expect_logits(logits, kept[:, -1:], what, "logits_to_keep=k keeps the LAST k positions: h[:, -k:] before "
+                                                       "self.output.")
         if "position_ids" in params:
             what = f"{where}, forward(tgt, position_ids=...)"
             positions = torch.arange(3, 3 + seq).expand(batch, seq)
             logits = _logits_of(call(learner, tgt, position_ids=positions, what=what), what)
             _expect_logits(logits, ref(tgt, position_ids=positions).logits, what,
-                           "Explicit position_ids replace the default torch.arange(start_pos, start_pos + T).")
+                           "explicit position_ids replace the default torch.arange(start_pos, start_pos + T).")
 
 
-def check_llama3(Llama3Class) -> None:
+@checker
+def check_llama3(Llama3Class, *, loss=None) -> None:
     """Check a learner's ``Llama3(args)`` with ``forward(tgt, attention_mask=None, labels=None, *, kv_caches=None,
-    start_pos=0, ...)`` returning an object with ``.logits`` and ``.loss``."""
+    start_pos=0, ...)`` returning an object with ``.logits`` and ``.loss``.
+
+    The learner's loss (exercise 1: ``loss``, or the class's ``loss`` when it is not the package's) is re-checked
+    first, so that a wrong loss is reported as that exercise's mistake."""
+    mine_loss = loss if loss is not None else inspect.getattr_static(Llama3Class, "loss", None)
+    mine_loss = getattr(mine_loss, "__func__", mine_loss)  # a staticmethod
+    if mine_loss is not None and mine_loss is not _REFERENCE_LOSS:
+        prerequisite(check_loss, mine_loss, "causal_lm_loss", "Llama3 (self.loss)")
+    # args.tie_embeddings must have its effect: a tied config shares one matrix (structure only, no forward needed)
+    tied = _args(0, tie_embeddings=True)
+    _check_structure(build(Llama3Class, tied, what="Llama3(args with tie_embeddings=True)"), tied,
+                     "Llama3(args with tie_embeddings=True)")
     _check_config(Llama3Class, seed=0)
     _check_config(Llama3Class, seed=1)
     passed("Llama3: logits, loss, padding and cached decoding match the reference (GQA and MHA).")

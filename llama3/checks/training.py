@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from llama3.checks._common import call, fail, passed
+from llama3.checks._common import call, checker, fail, passed
 from llama3.train import lr_schedule
 
 SETTINGS = [  # (warmup_steps, total_steps, max_lr, min_lr)
@@ -31,50 +31,44 @@ def _cosine(progress, max_lr, min_lr):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-def _variants(warmup, total, max_lr, min_lr) -> dict[str, tuple[callable, str]]:
-    """Wrong schedules, each a function of the step, with the hint that names the mistake."""
+SCHEDULE_FIX = ("if step < warmup_steps: return max_lr * step / warmup_steps; if step >= total_steps: return min_lr; "
+                "progress = (step - warmup_steps) / (total_steps - warmup_steps); return min_lr + 0.5 * (1 + "
+                "math.cos(math.pi * progress)) * (max_lr - min_lr).")
+
+
+def _variants(warmup, total, max_lr, min_lr) -> list[tuple[callable, str]]:
+    """Wrong schedules, each a function of the step, with what is wrong."""
     def decay_progress(step):
         return (step - warmup) / (total - warmup)
 
     def ref(step):
         return lr_schedule(step, warmup_steps=warmup, total_steps=total, max_lr=max_lr, min_lr=min_lr)
 
-    return {
-        "no warm-up": (
-            lambda s: max_lr if s < warmup else ref(s),
-            "There is no warm-up: for step < warmup_steps the learning rate rises linearly from 0, "
-            "max_lr * step / warmup_steps."),
-        "cosine from step 0": (
-            lambda s: _cosine(min(s, total) / total, max_lr, min_lr),
-            "The cosine starts at step 0 and there is no warm-up: warm up linearly for warmup_steps, then decay "
-            "with progress = (step - warmup_steps) / (total_steps - warmup_steps)."),
-        "warm-up off by one": (
-            lambda s: max_lr * (s + 1) / warmup if s < warmup else ref(s),
-            "The warm-up is off by one: at step 0 the learning rate is 0 and it reaches max_lr exactly at step "
-            "warmup_steps (max_lr * step / warmup_steps, not (step + 1))."),
-        "decays to 0": (
-            lambda s: ref(s) if s < warmup else 0.5 * (1 + math.cos(math.pi * min(decay_progress(s), 1.0))) * max_lr,
-            "The schedule decays to 0 instead of min_lr: lr = min_lr + 0.5 * (1 + cos(pi * progress)) * "
-            "(max_lr - min_lr)."),
-        "linear decay": (
-            lambda s: ref(s) if s < warmup else max_lr - min(decay_progress(s), 1.0) * (max_lr - min_lr),
-            "The decay is linear: Llama and nanoGPT use a half cosine, min_lr + 0.5 * (1 + cos(pi * progress)) * "
-            "(max_lr - min_lr)."),
-        "cosine keeps going": (
-            lambda s: ref(s) if s < total else _cosine(decay_progress(s), max_lr, min_lr),
-            "After total_steps the cosine keeps going (the learning rate rises again): return min_lr for "
-            "step >= total_steps."),
-        "progress not shifted": (
-            lambda s: ref(s) if s < warmup else _cosine(min(s / total, 1.0), max_lr, min_lr),
-            "The decay does not start at the end of the warm-up: progress = (step - warmup_steps) / "
-            "(total_steps - warmup_steps), so the learning rate is max_lr at step warmup_steps."),
-    }
+    return [
+        (lambda s: max_lr if s < warmup else ref(s),
+         "there is no warm-up: for step < warmup_steps the learning rate must rise linearly from 0."),
+        (lambda s: _cosine(min(s, total) / total, max_lr, min_lr),
+         "the cosine starts at step 0 and there is no warm-up."),
+        (lambda s: max_lr * (s + 1) / warmup if s < warmup else ref(s),
+         "the warm-up is off by one: at step 0 the learning rate must be 0, reaching max_lr exactly at step "
+         "warmup_steps (max_lr * step / warmup_steps, not (step + 1))."),
+        (lambda s: ref(s) if s < warmup else 0.5 * (1 + math.cos(math.pi * min(decay_progress(s), 1.0))) * max_lr,
+         "the schedule decays to 0 instead of min_lr."),
+        (lambda s: ref(s) if s < warmup else max_lr - min(decay_progress(s), 1.0) * (max_lr - min_lr),
+         "the decay is linear; Llama and nanoGPT use a half cosine."),
+        (lambda s: ref(s) if s < total else _cosine(decay_progress(s), max_lr, min_lr),
+         "after total_steps the cosine keeps going (the learning rate rises again) instead of staying at min_lr."),
+        (lambda s: ref(s) if s < warmup else _cosine(min(s / total, 1.0), max_lr, min_lr),
+         "the decay does not start at the end of the warm-up (progress = step / total_steps), so the learning rate "
+         "is below max_lr at step warmup_steps."),
+    ]
 
 
 def _same(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
 
 
+@checker
 def check_lr_schedule(schedule_fn) -> None:
     """Check a learner's ``lr_schedule(step, *, warmup_steps, total_steps, max_lr, min_lr) -> float``."""
     for warmup, total, max_lr, min_lr in SETTINGS:
@@ -87,19 +81,17 @@ def check_lr_schedule(schedule_fn) -> None:
             try:
                 ours.append(float(value))
             except (TypeError, ValueError):
-                fail(f"{where}: return a number (the learning rate), got {type(value).__name__}.")
+                fail(f"{where}: returned {type(value).__name__}, not a number (the learning rate).", SCHEDULE_FIX)
         expected = [lr_schedule(s, warmup_steps=warmup, total_steps=total, max_lr=max_lr, min_lr=min_lr)
                     for s in steps]
         if all(_same(a, b) for a, b in zip(ours, expected)):
             continue
-        for fn, hint in _variants(warmup, total, max_lr, min_lr).values():
+        for fn, problem in _variants(warmup, total, max_lr, min_lr):
             if all(_same(a, fn(s)) for s, a in zip(steps, ours)):
-                fail(f"{where}: {hint}")
+                fail(f"{where}: {problem}", SCHEDULE_FIX)
         step = next(s for s, a, b in zip(steps, ours, expected) if not _same(a, b))
-        fail(f"{where}: at step {step} the learning rate is {ours[step]:.6g}, expected {expected[step]:.6g}. Warm up "
-             f"linearly from 0 (max_lr * step / warmup_steps), then min_lr + 0.5 * (1 + cos(pi * progress)) * "
-             f"(max_lr - min_lr) with progress = (step - warmup_steps) / (total_steps - warmup_steps), and min_lr "
-             f"from total_steps on.")
+        fail(f"{where}: at step {step} the learning rate is {ours[step]:.6g}, expected {expected[step]:.6g}.",
+             SCHEDULE_FIX)
     passed("lr_schedule: linear warm-up, cosine decay to min_lr, constant after total_steps.")
 
 
@@ -124,22 +116,17 @@ def _reference_step(model, optimizer, x, y, lr, grad_clip, *, zero_grad=True, se
     return loss.item()
 
 
-STEP_VARIANTS = {
-    "zero_grad": ({"zero_grad": False},
-                  "The gradients are never reset, so each step adds to the previous step's gradients: call "
-                  "optimizer.zero_grad(set_to_none=True) once per step (after optimizer.step(), or before "
-                  "backward())."),
-    "set_lr": ({"set_lr": False},
-               "The learning rate passed in is not used: set group['lr'] = lr for every group in "
-               "optimizer.param_groups before optimizer.step()."),
-    "clip": ({"clip": False},
-             "The gradients are not clipped (or clipped after optimizer.step(), which is too late): call "
-             "torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) between backward() and step()."),
-    "shift_again": ({"shift_again": True},
-                    "The targets are shifted twice: y from get_batch is already the next token of each position of x, "
-                    "so use F.cross_entropy(logits.flatten(0, 1), y.flatten()), not model(x, labels=y) (which shifts "
-                    "again)."),
-}
+STEP_FIX = ("for group in optimizer.param_groups: group['lr'] = lr; loss = F.cross_entropy(model(x).logits.flatten(0, "
+            "1), y.flatten()); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip); "
+            "optimizer.step(); optimizer.zero_grad(set_to_none=True); return loss.item().")
+
+STEP_VARIANTS = [
+    ({"zero_grad": False}, "the gradients are never reset, so each step adds to the previous step's gradients."),
+    ({"set_lr": False}, "the learning rate passed in is not used (the optimizer keeps its own)."),
+    ({"clip": False}, "the gradients are not clipped (or clipped after optimizer.step(), which is too late)."),
+    ({"shift_again": True}, "the targets are shifted twice: y from get_batch is already the next token of each "
+                            "position of x, and model(x, labels=y) shifts again."),
+]
 
 
 def _step_setup(seed: int):
@@ -168,11 +155,18 @@ def _run_steps(step_fn, seed: int, lrs, grad_clip, what: str, **switches):
         if step_fn is None:
             losses.append(_reference_step(model, optimizer, x, y, lr, grad_clip, **switches))
         else:
-            loss = call(step_fn, model, optimizer, x, y, lr, grad_clip, what=what)
+            try:
+                loss = step_fn(model, optimizer, x, y, lr, grad_clip)
+            except RuntimeError as error:
+                if "modified by an inplace operation" not in str(error):
+                    raise
+                fail(f"{what}: optimizer.step() runs between the forward pass and loss.backward(): it changes in "
+                     f"place the weights that backward still needs (RuntimeError: modified by an inplace "
+                     f"operation).", STEP_FIX)
             try:
                 losses.append(float(loss))
             except (TypeError, ValueError):
-                fail(f"{what}: return the loss as a float (loss.item()), got {type(loss).__name__}.")
+                fail(f"{what}: returned {type(loss).__name__}, not the loss as a float.", STEP_FIX)
     return losses, [p.detach().clone() for p in model.parameters()]
 
 
@@ -182,13 +176,14 @@ def _same_run(a, b) -> bool:
             and all(torch.allclose(p, q, atol=1e-6, rtol=1e-5) for p, q in zip(params_a, params_b)))
 
 
+@checker
 def check_train_step(train_step_fn) -> None:
     """Check a learner's ``train_step(model, optimizer, x, y, lr, grad_clip) -> float``: set the learning rate,
     cross-entropy of the logits against the (already shifted) targets y, backward, clip, step, zero the gradients.
     Three steps on a small model must give the reference's losses and weights."""
     lrs, grad_clip = (1e-2, 5e-3, 2e-3), 0.5
     what = f"train_step(model, optimizer, x, y, lr, grad_clip={grad_clip}) for 3 steps, lr {list(lrs)}"
-    ours = _run_steps(train_step_fn, 0, lrs, grad_clip, what)
+    ours = call(_run_steps, train_step_fn, 0, lrs, grad_clip, what, what=what)
     expected = _run_steps(None, 0, lrs, grad_clip, what)
     if _same_run(ours, expected):
         passed("train_step: learning rate set, loss on shifted targets, clipped, stepped, gradients reset.")
@@ -196,12 +191,15 @@ def check_train_step(train_step_fn) -> None:
     if not math.isclose(ours[0][0], expected[0][0], rel_tol=1e-5):
         variant = _run_steps(None, 0, lrs, grad_clip, what, shift_again=True)
         if math.isclose(ours[0][0], variant[0][0], rel_tol=1e-5):
-            fail(f"{what}: {STEP_VARIANTS['shift_again'][1]}")
-        fail(f"{what}: the first loss is {ours[0][0]:.5f}, expected {expected[0][0]:.5f}: the loss is "
-             f"F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()), computed before the update.")
-    for switches, hint in STEP_VARIANTS.values():
+            fail(f"{what}: {STEP_VARIANTS[3][1]}", STEP_FIX)
+        fail(f"{what}: the first loss is {ours[0][0]:.5f}, expected {expected[0][0]:.5f}: it is not the loss of the "
+             f"weights before the update.", STEP_FIX)
+    initial = _step_setup(0)[0]
+    if all(torch.equal(p, q.detach()) for p, q in zip(ours[1], initial.parameters())):
+        fail(f"{what}: the weights never change: optimizer.step() runs before there are gradients (before "
+             f"loss.backward(), or after they were reset).", STEP_FIX)
+    for switches, problem in STEP_VARIANTS:
         if _same_run(ours, _run_steps(None, 0, lrs, grad_clip, what, **switches)):
-            fail(f"{what}: {hint}")
+            fail(f"{what}: {problem}", STEP_FIX)
     fail(f"{what}: the losses {[round(v, 5) for v in ours[0]]} or the weights after the steps differ from the "
-         f"reference ({[round(v, 5) for v in expected[0]]}). Order: set lr, forward, loss, backward, clip, "
-         f"optimizer.step(), optimizer.zero_grad().")
+         f"reference ({[round(v, 5) for v in expected[0]]}).", STEP_FIX)
