@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from llama3.checks._common import call, checker, fail, passed
+from llama3.config import ModelArgs
+from llama3.model import Llama3
 from llama3.train import lr_schedule
 
 SETTINGS = [  # (warmup_steps, total_steps, max_lr, min_lr)
@@ -130,9 +132,6 @@ STEP_VARIANTS = [
 
 
 def _step_setup(seed: int):
-    from llama3.config import ModelArgs
-    from llama3.model import Llama3
-
     args = ModelArgs(vocab_size=53, d_model=32, heads=4, group_size=2, num_layers=2, max_seq_len=16, multiple_of=16)
     torch.manual_seed(seed)
     model = Llama3(args)
