@@ -47,6 +47,19 @@ def read_json(path: str | os.PathLike, what: str = "a JSON object") -> dict:
 
 
 @contextlib.contextmanager
+def _cleaned_up_as_oserror(path: Path, clean_up: Callable[[], object]) -> Iterator[None]:
+    """On any error in the body: ``clean_up()``, then raise the error as ``OSError`` naming ``path`` (an OSError,
+    KeyboardInterrupt or SystemExit passes through as it is)."""
+    try:
+        yield
+    except BaseException as error:
+        clean_up()
+        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on success fsync it and rename it to ``path``.
 
@@ -56,17 +69,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
-    try:
+    with _cleaned_up_as_oserror(path, lambda: tmp.unlink(missing_ok=True)):
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -86,16 +94,11 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], object]) 
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
-    try:
+    with _cleaned_up_as_oserror(path, lambda: tmp.unlink(missing_ok=True)):
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
 
 
 @contextlib.contextmanager
@@ -110,7 +113,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with _cleaned_up_as_oserror(path, lambda: shutil.rmtree(tmp, ignore_errors=True)):
         yield tmp
         for file in tmp.rglob("*"):
             if file.is_file():
@@ -123,8 +126,3 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, (OSError, KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise OSError(f"could not write {path}: {type(error).__name__}: {error}") from error
