@@ -79,7 +79,8 @@ def build_class(root: Path) -> dict:
     unsolved, solved = released(kv), honest(kv)
     hand_in("patch_checks", kv, with_cell_before_check(unsolved, (
         "import llama3.checks.kv_cache as k\n"
-        "k.check_kv_cache.__code__ = (lambda cls: print('PASSED kv_cache')).__code__")))
+        # the public checker wraps the real one (llama3.checks._common.checker): patch the code that runs
+        "k.check_kv_cache.__wrapped__.__code__ = (lambda cls: print('PASSED kv_cache')).__code__")))
     hand_in("redefine_checker", kv, with_cell_before_check(unsolved, (
         "def check_kv_cache(cls):\n    print('PASSED kv_cache')")))
     edited = copy.deepcopy(unsolved)
@@ -198,7 +199,7 @@ def test_honest_partial_untouched_missing_and_broken(graded_class):
 
 
 @pytest.mark.parametrize("student, status, flag", [
-    ("patch_checks", "flagged", "the code of llama3.checks.kv_cache.check_kv_cache was replaced"),
+    ("patch_checks", "flagged", "the code of llama3.checks.kv_cache.check_kv_cache.__wrapped__ was replaced"),
     ("redefine_checker", "flagged", "redefines the checker check_kv_cache"),
     ("reference_class", "flagged", "KV_Cache is llama3's own llama3.kv_cache.KV_Cache"),
     ("subclass_reference", "flagged", "KV_Cache subclasses llama3's llama3.kv_cache.KV_Cache"),

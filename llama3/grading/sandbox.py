@@ -184,6 +184,9 @@ def read_roots() -> list[str]:
     roots = [str(PACKAGE_ROOT / "llama3"), str(PACKAGE_ROOT / "assets"), sys.prefix, sys.base_prefix,
              sys.exec_prefix, str(Path(sys.executable).resolve().parent.parent)]
     roots += [os.environ[k] for k in DATA_ENV if os.environ.get(k)]
+    # the package's own metadata beside it (pip install -e . writes llama3_course.egg-info into the repository):
+    # importlib.metadata reads its entry points when transformers or torch look for plugins
+    roots += [str(p) for pattern in ("*.egg-info", "*.dist-info") for p in PACKAGE_ROOT.glob(pattern)]
     return roots
 
 

@@ -177,7 +177,11 @@ class Snapshot:
                 self._remember_function(f"{qualified}.{attr}", fn)
 
     def _remember_function(self, qualified: str, fn: types.FunctionType) -> None:
-        self.functions.append((qualified, fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__, fn.__globals__)))
+        # a decorated function (the checkers are wrapped by llama3.checks._common.checker) runs the code of the
+        # function it wraps: remember that one too, or patching check.__wrapped__.__code__ would go unseen
+        while _isinstance(fn, types.FunctionType):
+            self.functions.append((qualified, fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__, fn.__globals__)))
+            fn, qualified = _getattr(fn, "__wrapped__", None), f"{qualified}.__wrapped__"
 
     def restore(self) -> list[str]:
         """Put back everything that differs from the snapshot; return a description of each difference."""
