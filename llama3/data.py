@@ -41,7 +41,6 @@ from llama3.files import atomic_write_bytes, atomic_write_text
 from llama3.tokenizer import ASSETS
 
 EOS_TOKEN = "<|endoftext|>"  # the separator line between stories in the TinyStories text files
-PAD_TOKEN = "[PAD]"
 ENV_VAR = "LLAMA3_TINYSTORIES"
 HUB = "hub"  # path="hub" (--data hub): the full split from the hub, an explicit opt-in
 HUB_REPO = "roneneldan/TinyStories"

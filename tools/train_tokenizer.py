@@ -20,7 +20,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from llama3.data import EOS_TOKEN, PAD_TOKEN, iter_training_texts
+from llama3.data import EOS_TOKEN, iter_training_texts
+from llama3.files import PAD_TOKEN
 
 
 def train_tokenizer(data: str | Path | None, vocab_size: int = 4096) -> PreTrainedTokenizerFast:
