@@ -133,8 +133,9 @@ class FastDecoder(Decoder):
         start = self.append(token)
         device = token.device
         mask = self.attention_mask
+        input_pos = torch.tensor([start], device=device)  # (1,): the cache slot of the new token
         if mask is None:
-            positions = torch.tensor([start], device=device)  # (1,): every row sits at the same position
+            positions = input_pos  # every row sits at the same position
         else:
             positions = mask.sum(-1, keepdim=True) - 1  # (B, 1): count from each row's first real token
         cos, sin = self.rope.cos_sin(positions)  # (B or 1, 1, 1, D/2)
@@ -144,5 +145,5 @@ class FastDecoder(Decoder):
             mask = build_attention_mask(F.pad(mask, (0, self.length - self.pos)), 1, start)  # (B, 1, 1, L)
         elif mask is not None:
             mask = build_attention_mask(mask, 1, start)  # (B, 1, 1, pos): hides the left padding
-        return self.decode_step(self.weights, self.buffers, token[:, None], torch.tensor([start], device=device),
-                                kv_len, cos, sin, mask)
+        return self.decode_step(self.weights, self.buffers, token[:, None], input_pos, kv_len, cos,
+                                sin, mask)

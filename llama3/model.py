@@ -105,6 +105,13 @@ class Llama3(nn.Module):
                 f"Sequence of {end} positions is longer than max_seq_len={self.args.max_seq_len}: truncate the "
                 f"input or build the model with a larger max_seq_len."
             )
+        if labels is not None and shift_labels is not None:
+            raise ValueError("Pass labels (shifted here) or shift_labels (already shifted), not both.")
+        if not return_logits and labels is None and shift_labels is None:
+            raise ValueError("return_logits=False returns only the loss: pass labels or shift_labels.")
+        for name, given in (("labels", labels), ("shift_labels", shift_labels)):
+            if given is not None and given.shape != (batch, seq):
+                raise ValueError(f"{name} must have shape {(batch, seq)} (like tgt), got {tuple(given.shape)}.")
         vocab = self.args.vocab_size
         if seq and bool(((tgt < 0) | (tgt >= vocab)).any()):
             bad = tgt[(tgt < 0) | (tgt >= vocab)][0].item()
@@ -128,14 +135,8 @@ class Llama3(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, None if kv_caches is None else kv_caches[i], start_pos)
         h = self.norm(h)
-        if labels is not None and shift_labels is not None:
-            raise ValueError("Pass labels (shifted here) or shift_labels (already shifted), not both.")
         if not return_logits:
-            if labels is None and shift_labels is None:
-                raise ValueError("return_logits=False returns only the loss: pass labels or shift_labels.")
             targets = shift_labels if shift_labels is not None else self.shift_targets(labels, attention_mask)
-            if targets.shape != (batch, seq):
-                raise ValueError(f"shift_labels must have shape {(batch, seq)} (like tgt), got {tuple(targets.shape)}.")
             return CausalLMOutput(logits=None, loss=linear_cross_entropy(h, self.output.weight, targets))
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
