@@ -7,7 +7,8 @@
 Every figure is a ratio of two measurements taken in this run, alternating the two sides and keeping the best of
 several repeats (the machine is shared and noisy). Prints a markdown table, writes it with the raw numbers to
 benchmarks/results/<device>.{md,json} and a bar plot to benchmarks/results/<device>.png; --update-readme
-replaces the table between the <!-- bench:<device>:start/end --> markers in README.md.
+replaces the table between the <!-- bench:<device>-<dtype>[-amd|-intel]:start/end --> markers in README.md (on the
+CPU, one table per vendor: both are kept).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name, cpu_vendor, update_readme  # noqa: E402
 from llama3 import Llama3, ModelArgs  # noqa: E402
 from llama3.fast import FastDecoder  # noqa: E402
 
@@ -172,14 +174,7 @@ def kv_cache_bytes(args: ModelArgs, batch: int, length: int, element: int) -> in
 def hardware(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu_name()
     capability = os.environ.get("ATEN_CPU_CAPABILITY")
     return (f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
             + (f", ATEN_CPU_CAPABILITY={capability}" if capability else ""))
@@ -297,13 +292,14 @@ def main(argv=None):
     print("\n" + table)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = (f"{device.type}-{opts.dtype}" + ("-quick" if opts.quick else "") + ("-decode" if opts.decode_only else "")
+    key = f"{device.type}-{opts.dtype}" + (f"-{cpu_vendor()}" if device.type == "cpu" else "")
+    stem = (key + ("-quick" if opts.quick else "") + ("-decode" if opts.decode_only else "")
             + (f"-{os.environ['ATEN_CPU_CAPABILITY']}" if os.environ.get("ATEN_CPU_CAPABILITY") else ""))
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(rows, out / f"{stem}.png", results)
     if opts.update_readme and not opts.quick:
-        update_readme(table, f"{device.type}-{opts.dtype}")
+        update_readme(f"bench:{key}", table)
     return 0
 
 
@@ -348,19 +344,6 @@ def plot(rows, path, results):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def update_readme(table: str, key: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
-    if start not in text or end not in text:
-        print(f"README.md has no {start} ... {end} markers; table not inserted.")
-        return
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
-    print(f"README.md table {key} updated.")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                 # bfloat16 autocast and float32, one thread: the README's table
     python benchmarks/train_speed.py --quick         # fewer repeats, for a smoke test
+    python benchmarks/train_speed.py --update-readme # and replace this CPU vendor's table in README.md
 
 One training step as ``python -m llama3 train`` takes it (forward, loss, backward, gradient clipping, AdamW), on
 batch 16 x 256 tokens of the shipped model's configuration (d_model 128, 4 layers, 4 heads / 2 K/V, vocabulary 4096).
@@ -15,7 +16,7 @@ of several repeats (the machine is shared and noisy), and every figure is a rati
 - ``chunked + compile``: the same with every decoder layer under ``torch.compile`` (``--compile`` in train);
 - ``transformers``: ``LlamaForCausalLM`` with the same configuration and weights, ``hf(x, labels=x).loss``.
 
-Writes benchmarks/results/train-speed-<device>.{md,json}.
+Writes benchmarks/results/train-speed-cpu-<vendor>.{md,json} (amd, intel: each vendor keeps its own).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import copy
 import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name, cpu_vendor, update_readme  # noqa: E402
 from llama3 import Llama3, ModelArgs  # noqa: E402
 from llama3.loss import compile_for_training  # noqa: E402
 
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--update-readme", action="store_true", help="replace this CPU vendor's table in README.md")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     opts = parser.parse_args(argv)
     if opts.quick:
@@ -121,12 +123,7 @@ def main(argv=None) -> int:
 
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    head = (f"Measured {datetime.date.today()} on {cpu}, {opts.threads} thread(s), torch {torch.__version__}, "
+    head = (f"Measured {datetime.date.today()} on {cpu_name()}, {opts.threads} thread(s), torch {torch.__version__}, "
             f"transformers {transformers.__version__}; batch {opts.batch} x {opts.seq}, the shipped model's "
             f"configuration; best of {opts.repeats} alternating repeats of {opts.steps} optimiser steps; produced by "
             f"`python benchmarks/train_speed.py`.")
@@ -141,8 +138,11 @@ def main(argv=None) -> int:
     print(table)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train-speed-cpu.md").write_text(table)
-    (out / "train-speed-cpu.json").write_text(json.dumps({"header": head, "results": results}, indent=2) + "\n")
+    stem = f"train-speed-cpu-{cpu_vendor()}" + ("-quick" if opts.quick else "")
+    (out / f"{stem}.md").write_text(table)
+    (out / f"{stem}.json").write_text(json.dumps({"header": head, "results": results}, indent=2) + "\n")
+    if opts.update_readme and not opts.quick:
+        update_readme(f"train-speed-{cpu_vendor()}", table.rstrip("\n"))
     return 0
 
 
