@@ -1,11 +1,11 @@
 """Training throughput at the shipped model's size: today's loop, the chunked loss, torch.compile, and transformers.
 
-    python benchmarks/train_speed.py                 # bfloat16 autocast and float32, one thread: the README's table
+    python benchmarks/train_speed.py                 # bfloat16 autocast and float32, two threads: the README's table
     python benchmarks/train_speed.py --quick         # fewer repeats, for a smoke test
     python benchmarks/train_speed.py --update-readme # and replace this CPU vendor's table in README.md
 
 One training step as ``python -m llama3 train`` takes it (forward, loss, backward, gradient clipping, AdamW), on
-batch 16 x 256 tokens of the shipped model's configuration (d_model 128, 4 layers, 4 heads / 2 K/V, vocabulary 4096).
+batch 16 x 256 tokens of the shipped model's configuration (read from its config.json; ``--config`` another).
 Every variant starts from the same weights and sees the same batches; they run alternately, each keeping its best
 of several repeats (the machine is shared and noisy), and every figure is a ratio of two measurements of this run:
 
@@ -38,9 +38,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import cpu_name, cpu_vendor, update_readme  # noqa: E402
 from llama3 import Llama3, ModelArgs  # noqa: E402
 from llama3.loss import compile_for_training  # noqa: E402
-
-SHIPPED_CONFIG = dict(vocab_size=4096, d_model=128, heads=4, group_size=2, num_layers=4, max_seq_len=256,
-                      multiple_of=32, pad_token_id=1)
+from llama3.pretrained import PRETRAINED_DIR  # noqa: E402
 
 
 def make_step(model, loss_fn, amp: torch.dtype | None):
@@ -72,9 +70,9 @@ def hf_loss(model, x, y):
     return model(x, labels=x).loss  # shifts inside: 255 targets per row instead of 256
 
 
-def measure(amp: torch.dtype | None, batch: int, seq: int, steps: int, repeats: int, compile_too: bool) -> dict:
+def measure(args: ModelArgs, amp: torch.dtype | None, batch: int, seq: int, steps: int, repeats: int,
+            compile_too: bool) -> dict:
     torch.manual_seed(0)
-    args = ModelArgs(**SHIPPED_CONFIG)
     base = Llama3(args)
     variants = {"today": (copy.deepcopy(base), today_loss), "chunked": (copy.deepcopy(base), chunked_loss)}
     if compile_too:
@@ -105,7 +103,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="1, as the shipped model was trained")
+    parser.add_argument("--threads", type=int, default=2, help="2, as the shipped model was trained")
+    parser.add_argument("--config", default=str(PRETRAINED_DIR / "config.json"),
+                        help="the model's config.json (default: the shipped model's)")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quick", action="store_true")
@@ -115,18 +115,20 @@ def main(argv=None) -> int:
     if opts.quick:
         opts.steps, opts.repeats = 2, 2
     torch.set_num_threads(opts.threads)
+    args = ModelArgs.load(opts.config)
     results = {}
     for name in opts.dtypes.split(","):
         amp = {"bfloat16": torch.bfloat16, "float32": None}[name]
-        results[name] = measure(amp, opts.batch, opts.seq, opts.steps, opts.repeats, not opts.no_compile)
+        results[name] = measure(args, amp, opts.batch, opts.seq, opts.steps, opts.repeats, not opts.no_compile)
         print(name, json.dumps(results[name]), flush=True)
 
     import transformers
 
     head = (f"Measured {datetime.date.today()} on {cpu_name()}, {opts.threads} thread(s), torch {torch.__version__}, "
             f"transformers {transformers.__version__}; batch {opts.batch} x {opts.seq}, the shipped model's "
-            f"configuration; best of {opts.repeats} alternating repeats of {opts.steps} optimiser steps; produced by "
-            f"`python benchmarks/train_speed.py`.")
+            f"configuration (d_model {args.d_model}, {args.num_layers} layers, {args.heads} heads / {args.n_kv_heads} "
+            f"K/V, vocabulary {args.vocab_size}); best of {opts.repeats} alternating repeats of {opts.steps} "
+            f"optimiser steps; produced by `python benchmarks/train_speed.py`.")
     lines = [head, "", "| autocast | variant | tokens/s | vs today | vs transformers |",
              "| --- | --- | ---: | ---: | ---: |"]
     for name, r in results.items():
