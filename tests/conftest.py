@@ -25,3 +25,17 @@ def tokenizer():
     from llama3 import load_tokenizer
 
     return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def stories(tmp_path_factory):
+    """A small TinyStories-style folder (train and validation files), one per test module that trains."""
+    from tests.test_data import write_tinystories
+
+    return write_tinystories(tmp_path_factory.mktemp("tinystories"))
+
+
+@pytest.fixture
+def isolated_token_cache(tmp_path_factory, monkeypatch):
+    """Token caches go to this session's temporary folder, never to the user's cache."""
+    monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "token_cache"))

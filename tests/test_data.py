@@ -40,6 +40,7 @@ def bpe():
 
 @pytest.fixture
 def stories(tmp_path):
+    """A fresh folder per test (tests here damage it), unlike conftest's one per module."""
     return write_tinystories(tmp_path / "tinystories")
 
 

@@ -15,20 +15,12 @@ import numpy as np
 import pytest
 
 from llama3.train import OutDirBusy, load_checkpoint, lock_out_dir, train
-from tests.test_data import DAMAGES, write_tinystories
+from tests.test_data import DAMAGES
 from tests.test_train import cli_flags, losses, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(scope="module")
-def stories(tmp_path_factory):
-    return write_tinystories(tmp_path_factory.mktemp("tinystories"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "token_cache"))
+pytestmark = pytest.mark.usefixtures("isolated_token_cache")
 
 
 @pytest.fixture(scope="module")

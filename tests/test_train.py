@@ -17,9 +17,10 @@ from llama3 import Llama3
 from llama3 import train as train_module
 from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model
 from llama3.train import TrainConfig, load_checkpoint, lr_schedule, save_checkpoint, train
-from tests.test_data import write_tinystories
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("isolated_token_cache")
 
 
 def tiny_config(tmp_path, data, **overrides) -> TrainConfig:
@@ -30,16 +31,6 @@ def tiny_config(tmp_path, data, **overrides) -> TrainConfig:
                   threads=1, progress=False)
     values.update(overrides)
     return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def stories(tmp_path_factory):
-    return write_tinystories(tmp_path_factory.mktemp("tinystories"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LLAMA3_DATA_CACHE", str(tmp_path_factory.getbasetemp() / "token_cache"))
 
 
 def cli_flags(config: TrainConfig) -> list[str]:
