@@ -4,6 +4,7 @@ Llama3.forward's own loss, and the shipped checkpoint (size, loading, a story)."
 import dataclasses
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch
 
 from llama3 import Llama3, ModelArgs, pretrained
 from llama3.__main__ import main, run
-from llama3.data import EOS_TOKEN
+from llama3.data import EOS_TOKEN, load_text
 from llama3.pretrained import PRETRAINED_DIR, evaluate, load_model, load_pretrained
 from llama3.tokenizer import load_tokenizer
 
@@ -254,6 +255,23 @@ def test_the_shipped_model_knows_tinystories_better_than_chance():
             "One day, she saw a big dog. The dog was friendly and wanted to play too. Lily and the dog played all "
             "day. They were very happy.")
     assert evaluate(model, tokenizer, text)["loss"] < 3.0
+
+
+def test_the_model_card_states_what_the_shipped_weights_score():
+    """The README's validation metrics are what the shipped weights give on dev500 (the first 500 validation
+    stories, also the shipped excerpt), so a new checkpoint cannot ship with a stale card."""
+    readme = (PRETRAINED_DIR.parents[2] / "README.md").read_text()
+    card = re.search(r"text: the TinyStories validation split \(([\d,]+) bytes, ([\d,]+) tokens\)\n"
+                     r"loss: ([\d.]+) nats/token\nperplexity: [\d.]+\nbits per byte: ([\d.]+)", readme)
+    assert card, "README.md has lost the printed output of `python -m llama3 eval` in the model card"
+    n_bytes, n_tokens, loss, bits_per_byte = card.groups()
+    text = load_text("validation")
+    assert len(text.encode()) == int(n_bytes.replace(",", ""))  # dev500 here, or the excerpt: the same stories
+    model, tokenizer = load_pretrained()
+    result = evaluate(model, tokenizer, text)
+    assert result["tokens"] == int(n_tokens.replace(",", ""))
+    assert result["loss"] == pytest.approx(float(loss), abs=2e-4)
+    assert result["bits_per_byte"] == pytest.approx(float(bits_per_byte), abs=1e-4)
 
 
 def test_the_command_line_prints_a_one_line_error_for_bad_input(tmp_path):
