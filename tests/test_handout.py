@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llama3.pretrained import load_pretrained
+
 REPO = Path(__file__).resolve().parent.parent
 
 CHECK = """
@@ -21,7 +23,7 @@ from llama3.pretrained import load_pretrained
 root = Path(sys.argv[1]).resolve()
 assert Path(llama3.__file__).resolve().is_relative_to(root), llama3.__file__  # the copy's package, not ours
 model, tokenizer = load_pretrained()
-assert len(tokenizer) == 4096 and model.num_parameters() == 1_787_008
+assert len(tokenizer) == 4096 and model.num_parameters() == int(sys.argv[2])  # the repository's model
 text = text_sample("train")
 assert text.count("<|endoftext|>") == 2255, text.count("<|endoftext|>")
 print("hand-out works")
@@ -51,8 +53,9 @@ def test_a_copy_of_the_tracked_files_runs_offline_without_environment_variables(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA3_", "PYTHONPATH"))}
     # PYTHONPATH stands in for `pip install -e .` of the copy (requirements.txt's last line)
     env.update(PYTHONPATH=str(copy), HF_HUB_OFFLINE="1", LLAMA3_DATA_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([sys.executable, "-c", CHECK, str(copy)], cwd=copy / "notebooks", env=env,
-                          capture_output=True, text=True, timeout=300)
+    shipped_parameters = load_pretrained()[0].num_parameters()
+    proc = subprocess.run([sys.executable, "-c", CHECK, str(copy), str(shipped_parameters)], cwd=copy / "notebooks",
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "hand-out works" in proc.stdout
     assert "excerpt shipped" in proc.stderr  # and it said where the text came from
