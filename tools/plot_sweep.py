@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from llama3.files import METRICS_NAME, atomic_write_with
@@ -37,11 +38,7 @@ def at_time(rows: list[dict], seconds: float, key: str) -> float:
     times = [r["train_time_s"] for r in rows]
     if not times[0] <= seconds <= times[-1]:
         raise ValueError(f"{seconds} s is outside this run's evaluations ({times[0]}-{times[-1]} s).")
-    i = next(i for i, t in enumerate(times) if t >= seconds)
-    if times[i] == seconds or i == 0:
-        return rows[i][key]
-    w = (seconds - times[i - 1]) / (times[i] - times[i - 1])
-    return (1 - w) * rows[i - 1][key] + w * rows[i][key]
+    return float(np.interp(seconds, times, [r[key] for r in rows]))
 
 
 def main(argv: list[str] | None = None) -> int:
